@@ -1,0 +1,132 @@
+//! The one `#[cxx::bridge]`: what the C++ shim may call, nothing more.
+//!
+//! C++ → Rust: create the logger from the module parameters, initialize it,
+//! prepare a container (plain strings in, two fds out), read metrics.
+//! Rust → C++: `agent_log` (our log lines into the agent's glog) and
+//! `shim_selftest`, the C++ test driver CI runs in place of a Mesos agent (it
+//! drives `ShimCore` exactly as `cpp/logger.cpp` does).
+//! Errors cross as `rust::Error` exceptions whose `what()` is our message.
+
+use crate::config::Config;
+use crate::logger::{into_raw, Logger};
+use std::path::PathBuf;
+
+#[cxx::bridge(namespace = "mesos_gelf")]
+pub mod ffi {
+    /// One module parameter, as Mesos gives it.
+    struct Param {
+        key: String,
+        value: String,
+    }
+
+    /// The write ends for the container's stdout and stderr.
+    struct ContainerFds {
+        out_fd: i32,
+        err_fd: i32,
+    }
+
+    extern "Rust" {
+        type ModuleLogger;
+
+        /// Validates the parameters; errors name the parameter. From then on
+        /// our log lines go to `agent_log` (the agent's glog in the module).
+        fn create_logger(params: &Vec<Param>) -> Result<Box<ModuleLogger>>;
+        /// Starts the publisher thread; resumes spools left by a previous agent.
+        fn initialize(self: &mut ModuleLogger) -> Result<()>;
+        /// `container_id`: the ContainerID chain joined with `.`, outermost first.
+        /// `config_json`: ContainerConfig as JSON.
+        fn prepare(
+            self: &ModuleLogger,
+            container_id: &str,
+            config_json: &str,
+        ) -> Result<ContainerFds>;
+        fn metrics_json(self: &ModuleLogger) -> String;
+    }
+
+    unsafe extern "C++" {
+        include!("mesos-gelf-logger/include/shim_core.hpp");
+
+        /// One log line: 0 info, 1 warning, 2 error (glog in the module).
+        fn agent_log(level: i32, msg: &str);
+        /// Test driver in C++: see cpp/shim_selftest.cpp.
+        fn shim_selftest(spec: &str) -> String;
+    }
+}
+
+/// The logger as the module holds it.
+pub struct ModuleLogger {
+    inner: Logger,
+}
+
+/// The directory of the loaded library (the agent's modules directory).
+fn library_dir() -> Option<PathBuf> {
+    let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
+    // SAFETY: dladdr only reads the address; info is a valid out-pointer.
+    let ok = unsafe { libc::dladdr(library_dir as *const libc::c_void, &mut info) };
+    if ok == 0 || info.dli_fname.is_null() {
+        return None;
+    }
+    // SAFETY: dladdr returned a NUL-terminated path.
+    let p = unsafe { std::ffi::CStr::from_ptr(info.dli_fname) };
+    let path = PathBuf::from(p.to_string_lossy().into_owned());
+    let path = std::fs::canonicalize(&path).unwrap_or(path);
+    path.parent().map(|d| d.to_path_buf())
+}
+
+fn log_to_agent(level: i32, msg: &str) {
+    ffi::agent_log(level, msg);
+}
+
+fn create_logger(params: &Vec<ffi::Param>) -> Result<Box<ModuleLogger>, String> {
+    crate::log::set_sink(log_to_agent);
+    let pairs: Vec<(&str, &str)> = params
+        .iter()
+        .map(|p| (p.key.as_str(), p.value.as_str()))
+        .collect();
+    let config = Config::from_pairs(&pairs).map_err(|e| e.to_string())?;
+    if !config.has_kafka() {
+        return Err("parameter `kafka.bootstrap.servers` is required by the agent module".into());
+    }
+    // Fail at load, not at the first container, on bad librdkafka properties.
+    crate::publisher::kafka::client_config(&config.kafka)
+        .create::<rdkafka::producer::BaseProducer>()
+        .map_err(|e| format!("invalid Kafka configuration (kafka.* parameters): {e}"))?;
+    let companion = match &config.companion_path {
+        Some(p) => p.clone(),
+        None => library_dir()
+            .map(|d| d.join("mesos-gelf"))
+            .ok_or("parameter `companion_path`: cannot locate the library's directory; set it")?,
+    };
+    let inner = Logger::new(config, companion)?;
+    Ok(Box::new(ModuleLogger { inner }))
+}
+
+impl ModuleLogger {
+    fn initialize(&mut self) -> Result<(), String> {
+        self.inner.initialize(false)?;
+        crate::log::info(&format!(
+            "mesos-gelf logger ready: spool {}, topic {}",
+            self.inner.spool_dir().display(),
+            self.inner.config().defaults.topic
+        ));
+        Ok(())
+    }
+
+    fn prepare(&self, container_id: &str, config_json: &str) -> Result<ffi::ContainerFds, String> {
+        let p = self
+            .inner
+            .prepare(container_id, config_json, None)
+            .map_err(|e| format!("container {container_id}: {e}"))?;
+        Ok(ffi::ContainerFds {
+            out_fd: into_raw(p.stdout),
+            err_fd: into_raw(p.stderr),
+        })
+    }
+
+    fn metrics_json(&self) -> String {
+        match self.inner.publisher() {
+            Some(h) => h.metrics.snapshot().to_string(),
+            None => "{}".into(),
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! Command-line front doors. Each builds the same pipeline objects as the
+//! agent module (`Config`, `Logger`, `Publisher`); none re-implements a step.
+
+mod run;
+
+use clap::{Parser, Subcommand};
+use mesos_gelf_logger::companion::{self, CompanionArgs};
+use mesos_gelf_logger::config::{split_kv, Config};
+use mesos_gelf_logger::publisher::{self, metrics::Metrics, Options, Publisher};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(
+    name = "mesos-gelf",
+    version,
+    about = "Mesos container logs to GELF on Kafka"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run CMD with its stdout/stderr going through the agent's pipeline
+    /// (pipes -> companion -> sandbox + spool -> publisher). Without
+    /// kafka.bootstrap.servers, GELF goes to standard output, one per line.
+    Run(run::RunArgs),
+    /// Publish every container spool under a spool directory (standalone).
+    Publish {
+        /// Parameters as key=value (same names as the module's).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// The spool root (also settable as spool_dir).
+        #[arg(long)]
+        spool_dir: Option<PathBuf>,
+        /// Exit once the spool holds no container (all delivered).
+        #[arg(long)]
+        until_empty: bool,
+    },
+    /// Own a container's pipes (started by prepare; not for people).
+    #[command(hide = true)]
+    Companion {
+        #[arg(long)]
+        spool: PathBuf,
+        #[arg(long)]
+        sandbox: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        stdout_fd: i32,
+        #[arg(long, default_value_t = 4)]
+        stderr_fd: i32,
+        #[arg(long)]
+        cgroup_procs: Option<PathBuf>,
+    },
+}
+
+/// Parses `--set key=value` pairs into a validated Config.
+pub fn config_from_sets(sets: &[String]) -> Result<Config, String> {
+    let pairs = sets
+        .iter()
+        .map(|s| split_kv(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    Config::from_pairs(&pairs).map_err(|e| e.to_string())
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::Relaxed);
+}
+
+fn publish(sets: &[String], spool_dir: Option<PathBuf>, until_empty: bool) -> Result<i32, String> {
+    let mut config = config_from_sets(sets)?;
+    if let Some(d) = spool_dir {
+        config.spool_dir = Some(d);
+    }
+    let dir = config
+        .spool_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(mesos_gelf_logger::logger::DEFAULT_SPOOL_DIR));
+    let stop = Arc::new(AtomicBool::new(false));
+    for s in [libc::SIGTERM, libc::SIGINT] {
+        // SAFETY: the handler only stores to an atomic.
+        unsafe { libc::signal(s, on_signal as *const () as libc::sighandler_t) };
+    }
+    let stop2 = stop.clone();
+    std::thread::spawn(move || loop {
+        if STOP.load(Ordering::Relaxed) {
+            stop2.store(true, Ordering::Relaxed);
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    });
+    let config = Arc::new(config);
+    let mut p = Publisher::new(
+        config.clone(),
+        Options {
+            spool_dir: dir,
+            exit_when_empty: until_empty,
+            stop,
+        },
+        publisher::sink_factory(&config),
+        Arc::new(Metrics::default()),
+    )?;
+    p.run();
+    Ok(0)
+}
+
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Run(a) => run::run(a),
+        Cmd::Publish {
+            set,
+            spool_dir,
+            until_empty,
+        } => publish(&set, spool_dir, until_empty),
+        Cmd::Companion {
+            spool,
+            sandbox,
+            stdout_fd,
+            stderr_fd,
+            cgroup_procs,
+        } => {
+            companion::ignore_signals();
+            companion::close_other_fds(&[stdout_fd, stderr_fd]);
+            companion::run(&CompanionArgs {
+                spool,
+                sandbox,
+                stdout_fd,
+                stderr_fd,
+                cgroup_procs,
+            });
+            Ok(0)
+        }
+    };
+    match r {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("mesos-gelf: {e}");
+            2
+        }
+    }
+}

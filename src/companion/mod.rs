@@ -1,0 +1,256 @@
+//! The companion: one process per container that owns the read ends of the
+//! container's stdout and stderr pipes until both reach EOF.
+//!
+//! It is started by `prepare()` (agent module or `mesos-gelf run`) in its own
+//! session, detached from the agent (double fork), so it keeps draining the
+//! pipes when the agent restarts or dies. For each chunk it reads it:
+//! 1. appends the raw bytes to `<sandbox>/stdout|stderr` ([`sandbox`]);
+//! 2. cuts them into records ([`lines`]) and appends those to the spool.
+//!
+//! It never stops reading because of anything downstream: the spool drops
+//! its oldest segment at the cap, write errors are counted, and every loss is
+//! reported by a notice record in the stream itself. It ignores SIGTERM,
+//! SIGINT, SIGHUP and SIGPIPE (the agent's process group dying must not cut
+//! a container's logs) and exits only at EOF on both pipes.
+
+pub mod lines;
+pub mod sandbox;
+
+use crate::spool::record::{now_micros, Record, Stream};
+use crate::spool::{ContainerMeta, SpoolWriter};
+use lines::Assembler;
+use sandbox::SandboxFile;
+use std::os::fd::RawFd;
+use std::path::{Path, PathBuf};
+
+/// Where the companion reads and writes.
+#[derive(Debug, Clone)]
+pub struct CompanionArgs {
+    pub spool: PathBuf,
+    pub sandbox: PathBuf,
+    pub stdout_fd: RawFd,
+    pub stderr_fd: RawFd,
+    /// `cgroup.procs` file to join (systemd slice), if any.
+    pub cgroup_procs: Option<PathBuf>,
+}
+
+/// What the companion did, for its exit and for tests.
+#[derive(Debug, Default, Clone)]
+pub struct Summary {
+    pub records: u64,
+    pub bytes: u64,
+    pub spool_losses: crate::spool::writer::Losses,
+    pub sandbox_lost_bytes: u64,
+}
+
+struct Input {
+    fd: RawFd,
+    open: bool,
+    sandbox: SandboxFile,
+    asm: Assembler,
+}
+
+/// Ignores the signals an agent's death or a terminal would send us.
+pub fn ignore_signals() {
+    for s in [
+        libc::SIGTERM,
+        libc::SIGINT,
+        libc::SIGHUP,
+        libc::SIGPIPE,
+        libc::SIGQUIT,
+    ] {
+        // SAFETY: installing SIG_IGN is always sound.
+        unsafe { libc::signal(s, libc::SIG_IGN) };
+    }
+}
+
+/// Closes every fd above 2 except `keep` (a companion holds no write end and
+/// nothing of the agent's).
+pub fn close_other_fds(keep: &[RawFd]) {
+    let fds: Vec<RawFd> = match std::fs::read_dir("/proc/self/fd") {
+        Ok(d) => d
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect(),
+        Err(_) => (3..1024).collect(),
+    };
+    for fd in fds {
+        if fd > 2 && !keep.contains(&fd) {
+            // SAFETY: closing an fd number; the read_dir handle is gone.
+            unsafe { libc::close(fd) };
+        }
+    }
+}
+
+fn set_nonblocking(fd: RawFd) {
+    // SAFETY: fcntl on an fd we were handed.
+    unsafe {
+        let fl = libc::fcntl(fd, libc::F_GETFL);
+        libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK);
+    }
+}
+
+fn join_cgroup(procs: &Path) {
+    let _ = std::fs::write(procs, format!("{}\n", std::process::id()));
+}
+
+/// Runs until both pipes reach EOF. Never returns an error: whatever fails
+/// downstream is counted and reported, and the pipes are drained regardless.
+pub fn run(args: &CompanionArgs) -> Summary {
+    if let Some(p) = &args.cgroup_procs {
+        join_cgroup(p);
+    }
+    let meta = ContainerMeta::load(&args.spool);
+    let (settings, meta_error) = match &meta {
+        Ok(m) => (m.settings.clone(), None),
+        Err(e) => (crate::config::ContainerSettings::default(), Some(e.clone())),
+    };
+    let multiline = settings.multiline_start.as_deref().and_then(|re| {
+        regex::bytes::Regex::new(re).ok().map(|r| {
+            (
+                r,
+                settings.multiline_max_bytes,
+                settings.multiline_timeout_ms,
+            )
+        })
+    });
+    let mut writer = if settings.disable {
+        None
+    } else {
+        SpoolWriter::open(
+            &args.spool,
+            settings.effective_segment_size(),
+            settings.spool_max_size,
+        )
+        .ok()
+    };
+    let mut notice_seq = 0u64;
+    let mut inputs: Vec<Input> = [
+        (args.stdout_fd, Stream::Stdout, "stdout"),
+        (args.stderr_fd, Stream::Stderr, "stderr"),
+    ]
+    .into_iter()
+    .map(|(fd, stream, name)| {
+        set_nonblocking(fd);
+        Input {
+            fd,
+            open: fd >= 0,
+            sandbox: SandboxFile::new(
+                &args.sandbox,
+                name,
+                settings.sandbox_max_size,
+                settings.sandbox_max_files,
+            ),
+            asm: Assembler::new(
+                stream,
+                settings.max_line_bytes,
+                settings.idle_flush_ms,
+                multiline.clone(),
+            ),
+        }
+    })
+    .collect();
+    if let (Some(w), Some(e)) = (writer.as_mut(), meta_error) {
+        notice_seq += 1;
+        w.append(&Record {
+            stream: Stream::Notice,
+            flags: 0,
+            part: 0,
+            seq: notice_seq,
+            ts_micros: now_micros(),
+            payload: format!(
+                "mesos-gelf companion started without its metadata ({e}); using defaults"
+            )
+            .into_bytes(),
+        });
+    }
+    let mut summary = Summary::default();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut records: Vec<Record> = Vec::with_capacity(1024);
+    while inputs.iter().any(|i| i.open) {
+        let now = now_micros();
+        let deadline = inputs.iter().filter_map(|i| i.asm.deadline()).min();
+        let timeout_ms: i32 = match deadline {
+            Some(d) => ((d - now).max(0) / 1000 + 1).min(60_000) as i32,
+            None => -1,
+        };
+        let mut pfds: Vec<libc::pollfd> = inputs
+            .iter()
+            .map(|i| libc::pollfd {
+                fd: if i.open { i.fd } else { -1 },
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        // SAFETY: pfds is a valid array of pollfd.
+        let rc = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout_ms) };
+        if rc < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            continue;
+        }
+        for (i, p) in inputs.iter_mut().zip(&pfds) {
+            if !i.open || p.revents == 0 {
+                continue;
+            }
+            // Read what is there now, bounded so one stream cannot starve the other.
+            for _ in 0..16 {
+                // SAFETY: buf is valid for its length.
+                let n =
+                    unsafe { libc::read(i.fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
+                if n > 0 {
+                    let chunk = &buf[..n as usize];
+                    summary.bytes += n as u64;
+                    i.sandbox.write(chunk);
+                    i.asm.feed(chunk, now_micros(), &mut records);
+                    if (n as usize) < buf.len() {
+                        break;
+                    }
+                } else if n == 0 {
+                    i.open = false;
+                    i.asm.finish(&mut records);
+                    // SAFETY: closing our own read end.
+                    unsafe { libc::close(i.fd) };
+                    break;
+                } else {
+                    let e = std::io::Error::last_os_error();
+                    match e.raw_os_error() {
+                        Some(libc::EAGAIN) | Some(libc::EINTR) => {}
+                        _ => {
+                            i.open = false;
+                            i.asm.finish(&mut records);
+                        }
+                    }
+                    break;
+                }
+            }
+        }
+        let now = now_micros();
+        for i in inputs.iter_mut() {
+            i.asm.tick(now, &mut records);
+        }
+        summary.records += records.len() as u64;
+        if let Some(w) = writer.as_mut() {
+            for r in records.drain(..) {
+                w.append(&r);
+            }
+            w.flush();
+            if let Some(n) = w.take_loss_notice(notice_seq + 1) {
+                notice_seq += 1;
+                w.append(&n);
+                w.flush();
+            }
+        } else {
+            records.clear();
+        }
+    }
+    summary.sandbox_lost_bytes = inputs.iter().map(|i| i.sandbox.lost_bytes).sum();
+    if let Some(w) = writer {
+        summary.spool_losses = w.losses;
+        let _ = w.finish();
+    } else {
+        let _ = crate::spool::write_atomic(&args.spool, crate::spool::DONE_FILE, b"done\n");
+    }
+    summary
+}

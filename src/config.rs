@@ -1,0 +1,560 @@
+//! Parameters: parsing, defaults, validation and per-container overrides.
+//!
+//! Every front door (the agent module, `mesos-gelf run`, `mesos-gelf publish`)
+//! takes the same flat list of string key/value pairs, as Mesos passes module
+//! parameters. [`Config::from_pairs`] validates them all at once and names the
+//! offending parameter in its error, so a bad modules file stops the agent at
+//! load with a message an operator can act on. Unknown keys are errors.
+//!
+//! Two key families are open-ended:
+//! - `kafka.<property>`: passed verbatim to librdkafka (validated by it when
+//!   the producer is built);
+//! - `field.<name>`: a static GELF additional field `_<name>` on every record.
+//!
+//! Per-container overrides ([`ContainerSettings::resolve`]) come from the
+//! task's environment (`<env_prefix><NAME>`, default `GELF_LOGGER_`) and from
+//! labels `gelf.<name>`; a bad override is reported and ignored, never fatal.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+
+/// A parameter error: which key, and what is wrong with its value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "parameter `{}`: {}", self.key, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.to_string(),
+        message: message.into(),
+    }
+}
+
+/// Which labels become `_label_<key>` fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LabelFilter {
+    All,
+    None,
+    Only(Vec<String>),
+}
+
+impl LabelFilter {
+    pub fn allows(&self, key: &str) -> bool {
+        match self {
+            LabelFilter::All => true,
+            LabelFilter::None => false,
+            LabelFilter::Only(keys) => keys.iter().any(|k| k == key),
+        }
+    }
+}
+
+/// Settings that may differ per container (module defaults, then overrides).
+/// They are written into the spool's metadata file, which both the companion
+/// and the publisher read, so a container keeps its settings across an agent
+/// restart.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerSettings {
+    pub topic: String,
+    /// Sandbox files only; nothing is spooled or shipped.
+    pub disable: bool,
+    pub level_stdout: u8,
+    pub level_stderr: u8,
+    pub multiline_start: Option<String>,
+    pub multiline_max_bytes: usize,
+    pub multiline_timeout_ms: u64,
+    pub max_line_bytes: usize,
+    pub idle_flush_ms: u64,
+    pub sandbox_max_size: u64,
+    pub sandbox_max_files: u32,
+    pub spool_max_size: u64,
+    pub spool_segment_size: u64,
+}
+
+/// Names that may be overridden per container, as `gelf.<name>` labels or
+/// `<env_prefix><NAME>` environment variables.
+pub const OVERRIDABLE: &[&str] = &[
+    "topic",
+    "disable",
+    "level_stdout",
+    "level_stderr",
+    "multiline_start",
+    "max_line_bytes",
+    "sandbox_max_size",
+    "sandbox_max_files",
+];
+
+/// The validated module / command parameters.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub spool_dir: Option<PathBuf>,
+    pub host: String,
+    pub static_fields: BTreeMap<String, String>,
+    pub kafka: BTreeMap<String, String>,
+    pub labels: LabelFilter,
+    pub env_prefix: String,
+    pub companion_path: Option<PathBuf>,
+    pub systemd_slice: String,
+    pub cgroups_hierarchy: PathBuf,
+    pub max_in_flight_bytes: usize,
+    pub max_message_bytes: usize,
+    pub metrics_interval_ms: u64,
+    pub defaults: ContainerSettings,
+}
+
+/// Every plain (non-prefixed) parameter with its default and a one-line
+/// description; README's parameter table is written from this list.
+pub const PARAMETERS: &[(&str, &str, &str)] = &[
+    ("spool_dir", "/var/lib/mesos-gelf/spool (module); a temporary directory (run)", "Root of the on-disk spool: one directory per container."),
+    ("spool_max_size", "256MB", "Per-container spool cap; past it the oldest unsent segment is dropped and the drop reported."),
+    ("spool_segment_size", "8MB", "Size at which the companion starts a new spool segment (capped at spool_max_size/4)."),
+    ("sandbox_max_size", "10MB", "Rotate <sandbox>/stdout and stderr past this size."),
+    ("sandbox_max_files", "5", "Keep at most this many files per stream (stdout, stdout.1 ...)."),
+    ("max_line_bytes", "65536", "Longer lines are split into parts marked _line_part / _line_continues."),
+    ("idle_flush_ms", "500", "An unterminated line is shipped after this much silence."),
+    ("multiline_start", "(off)", "Regex for the first line of a record; other lines are joined to it (stack traces)."),
+    ("multiline_max_bytes", "262144", "Largest joined multiline record; past it a new record starts."),
+    ("multiline_timeout_ms", "1000", "A joined record is shipped after this much silence."),
+    ("level_stdout", "6", "GELF level (syslog severity 0-7) of stdout lines."),
+    ("level_stderr", "3", "GELF level of stderr lines."),
+    ("topic", "application_log", "Kafka topic."),
+    ("disable", "false", "Keep sandbox files only; ship nothing (meant as a per-task override)."),
+    ("host", "this machine's hostname", "GELF `host` field."),
+    ("labels", "all", "Which task/executor labels become _label_<key>: all, none, or a comma list."),
+    ("env_prefix", "GELF_LOGGER_", "Prefix of per-task override environment variables."),
+    ("companion_path", "mesos-gelf next to the library / the running binary", "The mesos-gelf binary started as companion."),
+    ("systemd_slice", "mesos_executors.slice", "cgroup the companion moves to when the host runs systemd, so an agent restart does not kill it."),
+    ("cgroups_hierarchy", "/sys/fs/cgroup", "Where cgroups are mounted (as the agent's --cgroups_hierarchy)."),
+    ("max_in_flight_bytes", "16MB", "Publisher bound on encoded bytes handed to the sink but not yet acknowledged."),
+    ("max_message_bytes", "900000", "Largest GELF message produced; larger ones are truncated with _truncated=true."),
+    ("metrics_interval_ms", "10000", "How often the publisher writes <spool_dir>/metrics.json and logs a summary."),
+    ("kafka.<property>", "see README", "Any librdkafka producer property, passed verbatim."),
+    ("field.<name>", "", "Static additional GELF field _<name> on every record."),
+];
+
+impl Default for ContainerSettings {
+    fn default() -> Self {
+        ContainerSettings {
+            topic: "application_log".into(),
+            disable: false,
+            level_stdout: 6,
+            level_stderr: 3,
+            multiline_start: None,
+            multiline_max_bytes: 256 * 1024,
+            multiline_timeout_ms: 1000,
+            max_line_bytes: 64 * 1024,
+            idle_flush_ms: 500,
+            sandbox_max_size: 10 * 1024 * 1024,
+            sandbox_max_files: 5,
+            spool_max_size: 256 * 1024 * 1024,
+            spool_segment_size: 8 * 1024 * 1024,
+        }
+    }
+}
+
+/// Parses a size such as `4096`, `64KB`, `10MB`, `1GB` (binary multiples, as
+/// Mesos' `Bytes` does; `KiB`/`MiB`/`GiB` are accepted too).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    if num.is_empty() {
+        return Err(format!(
+            "`{s}` is not a size (expected e.g. 4096, 64KB, 10MB)"
+        ));
+    }
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size (number too large)"))?;
+    let mult: u64 = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1,
+        "K" | "KB" | "KIB" => 1 << 10,
+        "M" | "MB" | "MIB" => 1 << 20,
+        "G" | "GB" | "GIB" => 1 << 30,
+        other => {
+            return Err(format!(
+                "`{s}`: unknown size unit `{other}` (use B, KB, MB or GB)"
+            ))
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("`{s}` is too large"))
+}
+
+fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" | "" => Ok(false),
+        _ => Err(format!("`{s}` is not a boolean (true/false)")),
+    }
+}
+
+fn parse_level(s: &str) -> Result<u8, String> {
+    match s.trim().parse::<u8>() {
+        Ok(n) if n <= 7 => Ok(n),
+        _ => Err(format!("`{s}` is not a syslog level 0-7")),
+    }
+}
+
+fn parse_num<T: std::str::FromStr>(s: &str, what: &str) -> Result<T, String> {
+    s.trim().parse().map_err(|_| format!("`{s}` is not {what}"))
+}
+
+fn parse_regex(s: &str) -> Result<Option<String>, String> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    regex::bytes::Regex::new(s)
+        .map(|_| Some(s.to_string()))
+        .map_err(|e| format!("invalid regex: {e}"))
+}
+
+/// Checks that a static field / label-derived field name is usable.
+fn check_field_name(key: &str, name: &str) -> Result<(), ConfigError> {
+    if name.is_empty() || !name.bytes().all(crate::gelf::is_field_byte) {
+        return Err(err(
+            key,
+            "field names may only use letters, digits, `_`, `.` and `-`",
+        ));
+    }
+    if name == "id" {
+        return Err(err(key, "`_id` is reserved by GELF and Graylog"));
+    }
+    Ok(())
+}
+
+impl ContainerSettings {
+    /// Applies one parameter that belongs to the per-container settings.
+    /// Returns Ok(false) when `key` is not a per-container setting.
+    fn apply(&mut self, key: &str, value: &str) -> Result<bool, String> {
+        match key {
+            "topic" => {
+                let v = value.trim();
+                if v.is_empty()
+                    || v.len() > 249
+                    || !v
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+                {
+                    return Err(format!(
+                        "`{value}` is not a Kafka topic name (1-249 of [a-zA-Z0-9._-])"
+                    ));
+                }
+                self.topic = v.to_string();
+            }
+            "disable" => self.disable = parse_bool(value)?,
+            "level_stdout" => self.level_stdout = parse_level(value)?,
+            "level_stderr" => self.level_stderr = parse_level(value)?,
+            "multiline_start" => self.multiline_start = parse_regex(value)?,
+            "multiline_max_bytes" => {
+                self.multiline_max_bytes = parse_size(value)?.clamp(1024, 64 << 20) as usize
+            }
+            "multiline_timeout_ms" => {
+                self.multiline_timeout_ms = parse_num(value, "a number of milliseconds")?
+            }
+            "max_line_bytes" => {
+                let n = parse_size(value)?;
+                if !(64..=(64 << 20)).contains(&n) {
+                    return Err(format!("`{value}` is out of range (64 bytes to 64MB)"));
+                }
+                self.max_line_bytes = n as usize;
+            }
+            "idle_flush_ms" => self.idle_flush_ms = parse_num(value, "a number of milliseconds")?,
+            "sandbox_max_size" => {
+                let n = parse_size(value)?;
+                if n < 1024 {
+                    return Err(format!("`{value}` is too small (at least 1KB)"));
+                }
+                self.sandbox_max_size = n;
+            }
+            "sandbox_max_files" => {
+                let n: u32 = parse_num(value, "a whole number")?;
+                if !(1..=1000).contains(&n) {
+                    return Err(format!("`{value}` is out of range (1 to 1000)"));
+                }
+                self.sandbox_max_files = n;
+            }
+            "spool_max_size" => {
+                let n = parse_size(value)?;
+                if n < 64 * 1024 {
+                    return Err(format!("`{value}` is too small (at least 64KB)"));
+                }
+                self.spool_max_size = n;
+            }
+            "spool_segment_size" => {
+                let n = parse_size(value)?;
+                if n < 4096 {
+                    return Err(format!("`{value}` is too small (at least 4KB)"));
+                }
+                self.spool_segment_size = n;
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// Segment size actually used: at most a quarter of the cap, so dropping
+    /// the oldest segment frees a bounded share of the spool.
+    pub fn effective_segment_size(&self) -> u64 {
+        self.spool_segment_size
+            .min(self.spool_max_size / 4)
+            .max(4096)
+    }
+
+    /// Applies per-container overrides: environment variables
+    /// `<env_prefix><NAME>` first, then labels `gelf.<name>` (labels win).
+    /// Returns the warnings for overrides that were ignored.
+    pub fn resolve(
+        &self,
+        env_prefix: &str,
+        env: &[(String, String)],
+        labels: &[(String, String)],
+    ) -> (ContainerSettings, Vec<String>) {
+        let mut out = self.clone();
+        let mut warnings = Vec::new();
+        let mut candidates: Vec<(String, String, String)> = Vec::new();
+        for (k, v) in env {
+            if let Some(name) = k.strip_prefix(env_prefix) {
+                candidates.push((
+                    name.to_ascii_lowercase(),
+                    v.clone(),
+                    format!("environment {k}"),
+                ));
+            }
+        }
+        for (k, v) in labels {
+            if let Some(name) = k.strip_prefix("gelf.") {
+                candidates.push((name.to_ascii_lowercase(), v.clone(), format!("label {k}")));
+            }
+        }
+        for (name, value, origin) in candidates {
+            if !OVERRIDABLE.contains(&name.as_str()) {
+                warnings.push(format!(
+                    "ignored override {origin}: `{name}` cannot be set per task (allowed: {})",
+                    OVERRIDABLE.join(", ")
+                ));
+                continue;
+            }
+            let mut trial = out.clone();
+            match trial.apply(&name, &value) {
+                Ok(_) => out = trial,
+                Err(e) => warnings.push(format!("ignored override {origin}: {e}")),
+            }
+        }
+        (out, warnings)
+    }
+}
+
+/// This machine's hostname (the GELF `host` default).
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: buf is valid for its length; gethostname NUL-terminates on success.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr() as *mut libc::c_char, buf.len()) };
+    if rc == 0 {
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        if let Ok(s) = std::str::from_utf8(&buf[..end]) {
+            if !s.is_empty() {
+                return s.to_string();
+            }
+        }
+    }
+    "localhost".into()
+}
+
+impl Config {
+    /// Validates a full parameter list. Later duplicates of a key win, as
+    /// with `--set` on a command line.
+    pub fn from_pairs<K: AsRef<str>, V: AsRef<str>>(
+        pairs: &[(K, V)],
+    ) -> Result<Config, ConfigError> {
+        let mut c = Config {
+            spool_dir: None,
+            host: hostname(),
+            static_fields: BTreeMap::new(),
+            kafka: BTreeMap::new(),
+            labels: LabelFilter::All,
+            env_prefix: "GELF_LOGGER_".into(),
+            companion_path: None,
+            systemd_slice: "mesos_executors.slice".into(),
+            cgroups_hierarchy: PathBuf::from("/sys/fs/cgroup"),
+            max_in_flight_bytes: 16 << 20,
+            max_message_bytes: 900_000,
+            metrics_interval_ms: 10_000,
+            defaults: ContainerSettings::default(),
+        };
+        for (k, v) in pairs {
+            let (key, value) = (k.as_ref().trim(), v.as_ref());
+            if let Some(prop) = key.strip_prefix("kafka.") {
+                if prop.is_empty() {
+                    return Err(err(
+                        key,
+                        "missing the librdkafka property name after `kafka.`",
+                    ));
+                }
+                c.kafka.insert(prop.to_string(), value.to_string());
+                continue;
+            }
+            if let Some(name) = key.strip_prefix("field.") {
+                check_field_name(key, name)?;
+                c.static_fields.insert(name.to_string(), value.to_string());
+                continue;
+            }
+            match c.defaults.apply(key, value) {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(m) => return Err(err(key, m)),
+            }
+            match key {
+                "spool_dir" => {
+                    if value.trim().is_empty() {
+                        return Err(err(key, "must not be empty"));
+                    }
+                    c.spool_dir = Some(PathBuf::from(value.trim()));
+                }
+                "host" => {
+                    if value.trim().is_empty() {
+                        return Err(err(key, "must not be empty"));
+                    }
+                    c.host = value.trim().to_string();
+                }
+                "labels" => {
+                    c.labels = match value.trim() {
+                        "all" => LabelFilter::All,
+                        "none" | "" => LabelFilter::None,
+                        list => LabelFilter::Only(
+                            list.split(',')
+                                .map(|s| s.trim().to_string())
+                                .filter(|s| !s.is_empty())
+                                .collect(),
+                        ),
+                    }
+                }
+                "env_prefix" => c.env_prefix = value.trim().to_string(),
+                "companion_path" => c.companion_path = Some(PathBuf::from(value.trim())),
+                "systemd_slice" => {
+                    let v = value.trim();
+                    if v.is_empty() || v.contains('/') || v.contains("..") {
+                        return Err(err(key, "must be a plain unit name such as mesos_executors.slice"));
+                    }
+                    c.systemd_slice = v.to_string();
+                }
+                "cgroups_hierarchy" => c.cgroups_hierarchy = PathBuf::from(value.trim()),
+                "max_in_flight_bytes" => {
+                    let n = parse_size(value).map_err(|m| err(key, m))?;
+                    if n < 64 * 1024 {
+                        return Err(err(key, "too small (at least 64KB)"));
+                    }
+                    c.max_in_flight_bytes = n as usize;
+                }
+                "max_message_bytes" => {
+                    let n = parse_size(value).map_err(|m| err(key, m))?;
+                    if !(1024..=(1 << 30)).contains(&n) {
+                        return Err(err(key, "out of range (1KB to 1GB)"));
+                    }
+                    c.max_message_bytes = n as usize;
+                }
+                "metrics_interval_ms" => {
+                    c.metrics_interval_ms = parse_num(value, "a number of milliseconds")
+                        .map_err(|m| err(key, m))?
+                }
+                _ => {
+                    return Err(err(
+                        key,
+                        "unknown parameter (see README's parameter table; librdkafka properties take the prefix `kafka.`)",
+                    ))
+                }
+            }
+        }
+        Ok(c)
+    }
+
+    /// True when a Kafka sink is configured (else `run` prints GELF to stdout).
+    pub fn has_kafka(&self) -> bool {
+        self.kafka.contains_key("bootstrap.servers")
+    }
+}
+
+/// Splits a `key=value` command-line argument.
+pub fn split_kv(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!("`{s}` is not key=value")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_like_mesos_bytes() {
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_size("64KB").unwrap(), 65536);
+        assert_eq!(parse_size("10MB").unwrap(), 10 << 20);
+        assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
+        assert!(parse_size("ten").is_err());
+        assert!(parse_size("10XB").unwrap_err().contains("unit"));
+    }
+
+    #[test]
+    fn unknown_and_bad_parameters_name_the_key() {
+        let e = Config::from_pairs(&[("sandbox_max_fils", "3")]).unwrap_err();
+        assert_eq!(e.key, "sandbox_max_fils");
+        assert!(e.to_string().contains("unknown parameter"));
+        let e = Config::from_pairs(&[("level_stdout", "9")]).unwrap_err();
+        assert_eq!(e.key, "level_stdout");
+        let e = Config::from_pairs(&[("multiline_start", "([a-")]).unwrap_err();
+        assert!(e.message.contains("regex"), "{e}");
+        let e = Config::from_pairs(&[("field.id", "x")]).unwrap_err();
+        assert!(e.message.contains("reserved"));
+        let e = Config::from_pairs(&[("field.bad name", "x")]).unwrap_err();
+        assert_eq!(e.key, "field.bad name");
+        let e = Config::from_pairs(&[("topic", "no spaces")]).unwrap_err();
+        assert_eq!(e.key, "topic");
+    }
+
+    #[test]
+    fn kafka_and_field_prefixes_are_collected() {
+        let c = Config::from_pairs(&[
+            ("kafka.bootstrap.servers", "h:9092"),
+            ("field.dc", "eu1"),
+            ("labels", "team,tier"),
+        ])
+        .unwrap();
+        assert!(c.has_kafka());
+        assert_eq!(c.static_fields["dc"], "eu1");
+        assert!(c.labels.allows("tier") && !c.labels.allows("x"));
+    }
+
+    #[test]
+    fn overrides_apply_and_bad_ones_are_ignored_with_a_warning() {
+        let base = ContainerSettings::default();
+        let env = vec![
+            (
+                "GELF_LOGGER_TOPIC".to_string(),
+                "storefront_logs".to_string(),
+            ),
+            ("GELF_LOGGER_LEVEL_STDOUT".to_string(), "eleven".to_string()),
+            ("GELF_LOGGER_SPOOL_DIR".to_string(), "/tmp".to_string()),
+            ("DATABASE_PASSWORD".to_string(), "x".to_string()),
+        ];
+        let labels = vec![("gelf.level_stderr".to_string(), "4".to_string())];
+        let (s, w) = base.resolve("GELF_LOGGER_", &env, &labels);
+        assert_eq!(s.topic, "storefront_logs");
+        assert_eq!(s.level_stderr, 4);
+        assert_eq!(s.level_stdout, 6);
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w.iter().any(|m| m.contains("GELF_LOGGER_LEVEL_STDOUT")));
+        assert!(w.iter().any(|m| m.contains("cannot be set per task")));
+    }
+}

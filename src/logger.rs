@@ -1,0 +1,252 @@
+//! The container logger: what Mesos' `ContainerLogger` does, in Rust.
+//!
+//! [`Logger::initialize`] starts the publisher thread (which also resumes
+//! every spool left by a previous agent process), and [`Logger::prepare`]
+//! sets up one container: metadata file, two pipes, the companion. The
+//! agent module (through the cxx bridge) and `mesos-gelf run` both use this
+//! type; neither re-implements a step.
+
+use crate::config::Config;
+use crate::log;
+use crate::metadata;
+use crate::publisher::Handle;
+use crate::spool::{container_key, ContainerMeta};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+/// The write ends handed to the container (stdout, stderr), and what the
+/// caller should log.
+#[derive(Debug)]
+pub struct Prepared {
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+    pub spool: PathBuf,
+    pub warnings: Vec<String>,
+}
+
+pub struct Logger {
+    config: Arc<Config>,
+    spool_dir: PathBuf,
+    companion: PathBuf,
+    publisher: Option<Handle>,
+}
+
+/// The default spool root for the agent module.
+pub const DEFAULT_SPOOL_DIR: &str = "/var/lib/mesos-gelf/spool";
+
+fn pipe_cloexec() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: fds is a valid two-element array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 returned two fresh fds we now own.
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // A larger pipe absorbs bursts while the companion is busy with the disk.
+    // SAFETY: fcntl on our own fd; failure is harmless.
+    unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
+    Ok((r, w))
+}
+
+/// The `cgroup.procs` of the systemd slice companions should live in, when
+/// the host runs systemd (as Mesos 1.11 does for its own companions).
+fn systemd_cgroup_procs(config: &Config) -> Option<PathBuf> {
+    if !Path::new("/run/systemd/system").exists() {
+        return None;
+    }
+    let h = &config.cgroups_hierarchy;
+    [
+        h.join("systemd")
+            .join(&config.systemd_slice)
+            .join("cgroup.procs"),
+        h.join(&config.systemd_slice).join("cgroup.procs"),
+    ]
+    .into_iter()
+    .find(|p| p.exists())
+}
+
+impl Logger {
+    /// Validated parameters in; nothing is started yet. `companion` is the
+    /// `mesos-gelf` binary (see `companion_path`).
+    pub fn new(config: Config, companion: PathBuf) -> Result<Logger, String> {
+        let spool_dir = config
+            .spool_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_SPOOL_DIR));
+        if !companion.is_file() {
+            return Err(format!(
+                "parameter `companion_path`: {} is not a file (install the mesos-gelf binary there or set companion_path)",
+                companion.display()
+            ));
+        }
+        if config.defaults.disable && !config.has_kafka() {
+            // Nothing to publish: fine.
+        }
+        Ok(Logger {
+            config: Arc::new(config),
+            spool_dir,
+            companion,
+            publisher: None,
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn spool_dir(&self) -> &Path {
+        &self.spool_dir
+    }
+
+    pub fn publisher(&self) -> Option<&Handle> {
+        self.publisher.as_ref()
+    }
+
+    /// Creates the spool root (mode 0700) and starts the publisher thread.
+    pub fn initialize(&mut self, exit_when_empty: bool) -> Result<(), String> {
+        std::fs::create_dir_all(&self.spool_dir).map_err(|e| {
+            format!(
+                "parameter `spool_dir`: cannot create {}: {e}",
+                self.spool_dir.display()
+            )
+        })?;
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&self.spool_dir, std::fs::Permissions::from_mode(0o700));
+        if self.publisher.is_none() {
+            self.publisher = Some(Handle::spawn(
+                self.config.clone(),
+                &self.spool_dir,
+                exit_when_empty,
+            )?);
+        }
+        Ok(())
+    }
+
+    /// Waits for the publisher to exit (it must have been started with
+    /// `exit_when_empty`): every record of every container is delivered.
+    pub fn wait_publisher(&mut self) {
+        if let Some(h) = self.publisher.take() {
+            h.join();
+        }
+    }
+
+    /// Sets up one container and returns its stdout/stderr write ends.
+    /// `sandbox` overrides `ContainerConfig.directory` (for `run`).
+    pub fn prepare(
+        &self,
+        container_id: &str,
+        config_json: &str,
+        sandbox: Option<&Path>,
+    ) -> Result<Prepared, String> {
+        let parsed = metadata::parse(container_id, config_json, &self.config.env_prefix)
+            .map_err(|e| e.to_string())?;
+        let mut identity = parsed.identity;
+        let mut warnings: Vec<String> = parsed.warnings;
+        if let Some(s) = sandbox {
+            identity.sandbox = s.display().to_string();
+        }
+        let (settings, w) = self.config.defaults.resolve(
+            &self.config.env_prefix,
+            &parsed.override_env,
+            &parsed.all_labels,
+        );
+        warnings.extend(w);
+        let sandbox_dir = PathBuf::from(&identity.sandbox);
+        if !sandbox_dir.is_dir() {
+            return Err(format!(
+                "sandbox directory {} does not exist",
+                sandbox_dir.display()
+            ));
+        }
+        let key = container_key(container_id);
+        let dir = self.spool_dir.join(&key);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create spool {}: {e}", dir.display()))?;
+        let meta = ContainerMeta { identity, settings };
+        meta.store(&dir)
+            .map_err(|e| format!("cannot write {}/meta.json: {e}", dir.display()))?;
+
+        let (out_r, out_w) = pipe_cloexec().map_err(|e| format!("pipe: {e}"))?;
+        let (err_r, err_w) = pipe_cloexec().map_err(|e| format!("pipe: {e}"))?;
+        self.spawn_companion(&dir, &sandbox_dir, out_r.as_raw_fd(), err_r.as_raw_fd())?;
+        drop((out_r, err_r));
+        for w in &warnings {
+            log::warn(&format!("container {container_id}: {w}"));
+        }
+        Ok(Prepared {
+            stdout: out_w,
+            stderr: err_w,
+            spool: dir,
+            warnings,
+        })
+    }
+
+    /// Starts `mesos-gelf companion` detached: own session, reparented to
+    /// init (double fork, so the agent never has to reap it), holding only
+    /// the two read ends as fds 3 and 4.
+    fn spawn_companion(
+        &self,
+        spool: &Path,
+        sandbox: &Path,
+        out_r: RawFd,
+        err_r: RawFd,
+    ) -> Result<(), String> {
+        let mut cmd = Command::new(&self.companion);
+        cmd.arg("companion")
+            .arg("--spool")
+            .arg(spool)
+            .arg("--sandbox")
+            .arg(sandbox)
+            .args(["--stdout-fd", "3", "--stderr-fd", "4"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+        if let Some(p) = systemd_cgroup_procs(&self.config) {
+            cmd.arg("--cgroup-procs").arg(p);
+        }
+        // SAFETY: only async-signal-safe calls (dup/dup2/close/setsid/fork/_exit) after fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                // Move the read ends to 3 and 4 without clobbering either.
+                let a = libc::fcntl(out_r, libc::F_DUPFD, 10);
+                let b = libc::fcntl(err_r, libc::F_DUPFD, 10);
+                if a < 0 || b < 0 || libc::dup2(a, 3) < 0 || libc::dup2(b, 4) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(a);
+                libc::close(b);
+                if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                match libc::fork() {
+                    -1 => Err(std::io::Error::last_os_error()),
+                    0 => Ok(()),
+                    _ => libc::_exit(0),
+                }
+            });
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start companion {}: {e}", self.companion.display()))?;
+        let _ = child.wait();
+        Ok(())
+    }
+}
+
+impl Drop for Logger {
+    fn drop(&mut self) {
+        // Stops the publisher thread (checkpoints persisted); companions keep
+        // running and a new Logger resumes their spools.
+        self.publisher.take();
+    }
+}
+
+/// Converts an owned fd into a raw one for the C++ side (which closes it).
+pub fn into_raw(fd: OwnedFd) -> RawFd {
+    fd.into_raw_fd()
+}

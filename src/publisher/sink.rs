@@ -1,0 +1,121 @@
+//! The sink interface the publisher loop drives, and the stdout sink.
+//!
+//! A sink accepts encoded messages with a [`Ticket`] and later reports each
+//! ticket back as a [`Delivery`], in order per container. Only a delivered
+//! ticket lets the publisher advance that container's checkpoint.
+
+use crate::spool::Position;
+use std::io::Write;
+use std::time::Duration;
+
+/// Identifies one sent record: its container slot, the container's retry
+/// generation (stale deliveries after a rewind are ignored), its send index
+/// and the spool position after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket {
+    pub container: u64,
+    pub generation: u64,
+    pub index: u64,
+    pub pos: Position,
+    pub bytes: usize,
+}
+
+#[derive(Debug)]
+pub struct Delivery {
+    pub ticket: Ticket,
+    pub result: Result<(), DeliveryError>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliveryError {
+    /// The message is larger than the broker accepts.
+    TooLarge(String),
+    Other(String),
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum SendError {
+    /// The sink's queue is full: poll, then send again.
+    Full,
+    /// The message can never be sent as it is (too large for the client).
+    TooLarge(String),
+    /// The sink is broken and must be rebuilt (e.g. fatal idempotence error).
+    Fatal(String),
+    Other(String),
+}
+
+/// A destination for GELF messages.
+pub trait Sink: Send {
+    fn send(
+        &mut self,
+        topic: &str,
+        key: &[u8],
+        payload: &[u8],
+        ticket: Ticket,
+    ) -> Result<(), SendError>;
+    /// Collects finished deliveries, waiting up to `timeout` for one.
+    fn poll(&mut self, timeout: Duration, out: &mut Vec<Delivery>);
+    /// A fatal state that requires a new sink, if any.
+    fn fatal(&self) -> Option<String> {
+        None
+    }
+    /// Checks the destination once at start; an error is reported, not fatal.
+    fn startup_check(&mut self) -> Result<(), String> {
+        Ok(())
+    }
+    /// Errors the client reported since the last call (connection state).
+    fn take_errors(&mut self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// Writes one GELF object per line to a writer (standard output for `run`).
+/// A message counts as delivered once the writer has flushed it.
+pub struct LineSink<W: Write + Send> {
+    out: W,
+    pending: Vec<Ticket>,
+}
+
+impl<W: Write + Send> LineSink<W> {
+    pub fn new(out: W) -> Self {
+        LineSink {
+            out,
+            pending: Vec::new(),
+        }
+    }
+}
+
+impl<W: Write + Send> Sink for LineSink<W> {
+    fn send(
+        &mut self,
+        _topic: &str,
+        _key: &[u8],
+        payload: &[u8],
+        ticket: Ticket,
+    ) -> Result<(), SendError> {
+        if self.pending.len() >= 4096 {
+            return Err(SendError::Full);
+        }
+        let r = self
+            .out
+            .write_all(payload)
+            .and_then(|_| self.out.write_all(b"\n"));
+        r.map_err(|e| SendError::Other(e.to_string()))?;
+        self.pending.push(ticket);
+        Ok(())
+    }
+
+    fn poll(&mut self, _timeout: Duration, out: &mut Vec<Delivery>) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let result = self
+            .out
+            .flush()
+            .map_err(|e| DeliveryError::Other(e.to_string()));
+        out.extend(self.pending.drain(..).map(|ticket| Delivery {
+            ticket,
+            result: result.clone(),
+        }));
+    }
+}

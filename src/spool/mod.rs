@@ -1,0 +1,114 @@
+//! The on-disk spool: the hand-off between a container's companion (writer)
+//! and the publisher (reader), and the durability boundary.
+//!
+//! # Layout
+//!
+//! ```text
+//! <spool_dir>/<container key>/
+//!     meta.json              identity + settings; written by prepare() before the companion starts
+//!     seg-<20 digits>.spool  segments, numbered from 1, append-only, one writer
+//!     checkpoint             the publisher's resume position (atomic rename)
+//!     done                   written by the companion after its last record
+//! ```
+//!
+//! The container key is the container id (`parent.child` for nested ones),
+//! with anything outside `[A-Za-z0-9._-]` replaced by `_`.
+//!
+//! # Segment format
+//!
+//! A segment starts with the 8-byte magic `MGSPOOL1`, followed by frames:
+//!
+//! ```text
+//! u32 LE  body length (24 + payload length, at most MAX_BODY)
+//! u32 LE  CRC-32C of the body
+//! body:
+//!   u8    stream      1 stdout, 2 stderr, 3 notice (written by mesos-gelf itself)
+//!   u8    flags       see record::flags
+//!   u16   reserved    0
+//!   u32   part        1-based part number of a split line, 0 when not split
+//!   u64   seq         per-stream sequence number, from 1
+//!   i64   timestamp   microseconds since the epoch, taken when the bytes were read
+//!   ...   payload     the line, without its `\n` (and trailing `\r`)
+//! ```
+//!
+//! A companion never reopens a segment: it starts a new one when the current
+//! one passes the segment size, after a write error, and at every start.
+//! So a frame that is short or fails its CRC is *pending* while its segment is
+//! the newest and the companion has not written `done`, and *torn* otherwise:
+//! the reader then counts it and continues with the next segment. A torn
+//! frame is never returned.
+//!
+//! # Checkpoint
+//!
+//! `checkpoint` holds `<segment> <offset> <crc32c hex>\n`: the position of the
+//! first frame not yet acknowledged by the sink. It is replaced atomically
+//! (write `checkpoint.tmp`, rename). An unreadable checkpoint means "start at
+//! the oldest segment": duplicates, never loss. Segments below the
+//! checkpoint's are deleted by the publisher.
+
+pub mod checkpoint;
+pub mod meta;
+pub mod reader;
+pub mod record;
+pub mod writer;
+
+pub use checkpoint::Position;
+pub use meta::ContainerMeta;
+pub use reader::{Next, SpoolReader};
+pub use record::{Record, Stream};
+pub use writer::SpoolWriter;
+
+use std::path::{Path, PathBuf};
+
+pub const MAGIC: &[u8; 8] = b"MGSPOOL1";
+pub const META_FILE: &str = "meta.json";
+pub const DONE_FILE: &str = "done";
+pub const CHECKPOINT_FILE: &str = "checkpoint";
+
+/// The directory name for a container id.
+pub fn container_key(container_id: &str) -> String {
+    container_id
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"._-".contains(&b) {
+                b as char
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+pub fn segment_path(dir: &Path, index: u64) -> PathBuf {
+    dir.join(format!("seg-{index:020}.spool"))
+}
+
+/// Segment numbers present in `dir`, ascending.
+pub fn list_segments(dir: &Path) -> std::io::Result<Vec<u64>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir)? {
+        let name = e?.file_name();
+        let name = name.to_string_lossy();
+        if let Some(n) = name
+            .strip_prefix("seg-")
+            .and_then(|r| r.strip_suffix(".spool"))
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            out.push(n);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// Writes `data` to `dir/name` atomically (temporary file, fsync, rename).
+pub fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = dir.join(format!("{name}.tmp"));
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_data()?;
+    }
+    std::fs::rename(&tmp, dir.join(name))
+}

@@ -1,0 +1,229 @@
+//! The publisher's side of the spool: read frames in order from a position,
+//! tell pending tails from torn ones, delete acknowledged segments.
+
+use super::checkpoint::{self, Position};
+use super::record::{decode_frame, Decoded, Record, HEADER_LEN};
+use super::{list_segments, segment_path, DONE_FILE, MAGIC};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+const READ_CHUNK: usize = 256 * 1024;
+
+/// What [`SpoolReader::next`] found.
+#[derive(Debug)]
+pub enum Next {
+    /// A record, and the position just after it.
+    Record(Record, Position),
+    /// Nothing more for now; the companion is still writing.
+    Pending,
+    /// The companion finished and every frame has been read.
+    Finished,
+}
+
+pub struct SpoolReader {
+    dir: PathBuf,
+    pos: Position,
+    file: Option<File>,
+    /// Bytes read from the file starting at `pos.offset`.
+    buf: Vec<u8>,
+    start: usize,
+    /// Torn or corrupt segment tails skipped so far.
+    pub torn: u64,
+    /// Segments that vanished before they were read (dropped at the cap).
+    pub skipped_segments: u64,
+}
+
+impl SpoolReader {
+    /// Opens at the stored checkpoint, or at the oldest segment. A corrupt
+    /// checkpoint is reported in the returned warning.
+    pub fn open(dir: &Path) -> (SpoolReader, Option<String>) {
+        let (pos, warning) = match checkpoint::load(dir) {
+            Ok(Some(p)) => (p, None),
+            Ok(None) => (Position::default(), None),
+            Err(w) => (Position::default(), Some(w)),
+        };
+        (SpoolReader::at(dir, pos), warning)
+    }
+
+    pub fn at(dir: &Path, pos: Position) -> SpoolReader {
+        SpoolReader {
+            dir: dir.to_path_buf(),
+            pos,
+            file: None,
+            buf: Vec::new(),
+            start: 0,
+            torn: 0,
+            skipped_segments: 0,
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The position of the next frame to return.
+    pub fn position(&self) -> Position {
+        Position {
+            segment: self.pos.segment,
+            offset: self.pos.offset + self.start as u64,
+        }
+    }
+
+    /// Restarts reading at `pos` (after a failed delivery).
+    pub fn seek(&mut self, pos: Position) {
+        self.pos = pos;
+        self.file = None;
+        self.buf.clear();
+        self.start = 0;
+    }
+
+    fn writer_moved_on(&self) -> bool {
+        if self.dir.join(DONE_FILE).exists() {
+            return true;
+        }
+        list_segments(&self.dir)
+            .map(|s| s.iter().any(|&i| i > self.pos.segment))
+            .unwrap_or(false)
+    }
+
+    /// Opens the current segment or the first one after it.
+    fn open_segment(&mut self) -> std::io::Result<bool> {
+        let segs = list_segments(&self.dir)?;
+        let Some(&first) = segs.iter().find(|&&i| i >= self.pos.segment.max(1)) else {
+            return Ok(false);
+        };
+        if first != self.pos.segment {
+            if self.pos.segment != 0 {
+                self.skipped_segments += 1;
+            }
+            self.pos = Position {
+                segment: first,
+                offset: 0,
+            };
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+            .open(segment_path(&self.dir, first))?;
+        if self.pos.offset < MAGIC.len() as u64 {
+            self.pos.offset = 0;
+        } else {
+            f.seek(SeekFrom::Start(self.pos.offset))?;
+        }
+        self.file = Some(f);
+        self.buf.clear();
+        self.start = 0;
+        Ok(true)
+    }
+
+    /// Reads more bytes into the buffer; returns how many.
+    fn fill(&mut self, want: usize) -> std::io::Result<usize> {
+        if self.start > 0 && self.start >= self.buf.len() / 2 {
+            self.buf.drain(..self.start);
+            self.pos.offset += self.start as u64;
+            self.start = 0;
+        }
+        let f = self.file.as_mut().expect("open");
+        let old = self.buf.len();
+        let need = want.max(READ_CHUNK);
+        self.buf.resize(old + need, 0);
+        let n = loop {
+            match f.read(&mut self.buf[old..]) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.buf.truncate(old);
+                    return Err(e);
+                }
+            }
+        };
+        self.buf.truncate(old + n);
+        Ok(n)
+    }
+
+    fn advance_segment(&mut self) {
+        self.pos = Position {
+            segment: self.pos.segment + 1,
+            offset: 0,
+        };
+        self.file = None;
+        self.buf.clear();
+        self.start = 0;
+    }
+
+    /// The next record, or why there is none.
+    pub fn next(&mut self) -> std::io::Result<Next> {
+        loop {
+            // Sampled before reading: if the writer had moved on by now, what
+            // the file holds is all it will ever hold.
+            let moved_on = self.writer_moved_on();
+            if self.file.is_none() && !self.open_segment()? {
+                return Ok(if moved_on && self.dir.join(DONE_FILE).exists() {
+                    Next::Finished
+                } else {
+                    Next::Pending
+                });
+            }
+            if self.pos.offset == 0 && self.start == 0 {
+                // Segment header.
+                if self.buf.len() < MAGIC.len() {
+                    self.fill(MAGIC.len())?;
+                }
+                if self.buf.len() >= MAGIC.len() {
+                    if &self.buf[..MAGIC.len()] != MAGIC {
+                        self.torn += 1;
+                        self.advance_segment();
+                        continue;
+                    }
+                    self.start = MAGIC.len();
+                } else if moved_on {
+                    self.advance_segment();
+                    continue;
+                } else {
+                    return Ok(Next::Pending);
+                }
+            }
+            match decode_frame(&self.buf[self.start..]) {
+                Decoded::Frame(rec, len) => {
+                    self.start += len;
+                    return Ok(Next::Record(rec, self.position()));
+                }
+                Decoded::Short(need) => {
+                    let have = self.buf.len() - self.start;
+                    if self.fill(need.max(HEADER_LEN) - have)? > 0 {
+                        continue;
+                    }
+                    if !moved_on {
+                        return Ok(Next::Pending);
+                    }
+                    if have > 0 {
+                        self.torn += 1;
+                    }
+                    self.advance_segment();
+                }
+                Decoded::Bad => {
+                    if !moved_on {
+                        // Possibly a frame still being written: look again later.
+                        let _ = self.fill(0)?;
+                        return Ok(Next::Pending);
+                    }
+                    self.torn += 1;
+                    self.advance_segment();
+                }
+            }
+        }
+    }
+
+    /// Persists `pos` as the checkpoint and deletes the segments before it.
+    pub fn acknowledge(&self, pos: Position) -> std::io::Result<()> {
+        checkpoint::store(&self.dir, pos)?;
+        for s in list_segments(&self.dir)? {
+            if s < pos.segment {
+                let _ = std::fs::remove_file(segment_path(&self.dir, s));
+            }
+        }
+        Ok(())
+    }
+}
