@@ -157,11 +157,19 @@ mod tests {
         for n in &names {
             assert!(std::fs::metadata(d.path().join(n)).unwrap().len() <= 10);
         }
-        // The newest bytes are in `stdout`, the rotated files are full.
-        assert_eq!(std::fs::read(d.path().join("stdout")).unwrap(), b"6");
+        // 70 bytes written: the newest 30 remain, 10 per file, in order.
+        let all = b"0123456".repeat(10);
+        assert_eq!(
+            std::fs::read(d.path().join("stdout")).unwrap(),
+            &all[60..70]
+        );
         assert_eq!(
             std::fs::read(d.path().join("stdout.1")).unwrap(),
-            b"3456012345"
+            &all[50..60]
+        );
+        assert_eq!(
+            std::fs::read(d.path().join("stdout.2")).unwrap(),
+            &all[40..50]
         );
     }
 

@@ -46,7 +46,10 @@ pub fn sink_factory(config: &Config) -> SinkFactory {
         let props = config.kafka.clone();
         Box::new(move || Ok(Box::new(kafka::KafkaSink::new(&props)?) as Box<dyn Sink>))
     } else {
-        Box::new(|| Ok(Box::new(sink::LineSink::new(std::io::stdout())) as Box<dyn Sink>))
+        Box::new(|| {
+            let out = std::io::BufWriter::with_capacity(256 * 1024, std::io::stdout());
+            Ok(Box::new(sink::LineSink::new(out)) as Box<dyn Sink>)
+        })
     }
 }
 

@@ -154,36 +154,43 @@ impl SpoolReader {
     }
 
     /// The next record, or why there is none.
+    ///
+    /// Whether the writer has moved on (a newer segment or `done` exists) is
+    /// only asked at the end of the readable bytes, and is asked *before* a
+    /// last read: if it had moved on, that read sees all it will ever write.
     pub fn next(&mut self) -> std::io::Result<Next> {
         loop {
-            // Sampled before reading: if the writer had moved on by now, what
-            // the file holds is all it will ever hold.
-            let moved_on = self.writer_moved_on();
             if self.file.is_none() && !self.open_segment()? {
-                return Ok(if moved_on && self.dir.join(DONE_FILE).exists() {
-                    Next::Finished
-                } else {
-                    Next::Pending
-                });
-            }
-            if self.pos.offset == 0 && self.start == 0 {
-                // Segment header.
-                if self.buf.len() < MAGIC.len() {
-                    self.fill(MAGIC.len())?;
+                let done = self.dir.join(DONE_FILE).exists();
+                // A segment may have appeared just before `done`.
+                if done && !self.open_segment()? {
+                    return Ok(Next::Finished);
                 }
-                if self.buf.len() >= MAGIC.len() {
-                    if &self.buf[..MAGIC.len()] != MAGIC {
-                        self.torn += 1;
-                        self.advance_segment();
-                        continue;
-                    }
-                    self.start = MAGIC.len();
-                } else if moved_on {
-                    self.advance_segment();
-                    continue;
-                } else {
+                if !done {
                     return Ok(Next::Pending);
                 }
+            }
+            if self.pos.offset == 0 && self.start == 0 && self.buf.len() < MAGIC.len() {
+                self.fill(MAGIC.len())?;
+                if self.buf.len() < MAGIC.len() {
+                    let moved_on = self.writer_moved_on();
+                    self.fill(MAGIC.len())?;
+                    if self.buf.len() < MAGIC.len() {
+                        if moved_on {
+                            self.advance_segment();
+                            continue;
+                        }
+                        return Ok(Next::Pending);
+                    }
+                }
+            }
+            if self.pos.offset == 0 && self.start == 0 {
+                if &self.buf[..MAGIC.len()] != MAGIC {
+                    self.torn += 1;
+                    self.advance_segment();
+                    continue;
+                }
+                self.start = MAGIC.len();
             }
             match decode_frame(&self.buf[self.start..]) {
                 Decoded::Frame(rec, len) => {
@@ -192,6 +199,10 @@ impl SpoolReader {
                 }
                 Decoded::Short(need) => {
                     let have = self.buf.len() - self.start;
+                    if self.fill(need.max(HEADER_LEN) - have)? > 0 {
+                        continue;
+                    }
+                    let moved_on = self.writer_moved_on();
                     if self.fill(need.max(HEADER_LEN) - have)? > 0 {
                         continue;
                     }
@@ -204,9 +215,11 @@ impl SpoolReader {
                     self.advance_segment();
                 }
                 Decoded::Bad => {
+                    let moved_on = self.writer_moved_on();
                     if !moved_on {
-                        // Possibly a frame still being written: look again later.
-                        let _ = self.fill(0)?;
+                        // Corruption in the newest segment: the writer abandons
+                        // a segment after a failed write, so wait for that.
+                        self.fill(0)?;
                         return Ok(Next::Pending);
                     }
                     self.torn += 1;

