@@ -64,6 +64,9 @@ pub struct Options {
 const BATCH: usize = 1024;
 const RETRY_BACKOFF: Duration = Duration::from_secs(1);
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+/// Also checkpoint after this many acknowledged records, so a crash resends
+/// at most this many already-delivered records (plus what was in flight).
+pub const CHECKPOINT_RECORDS: u64 = 4096;
 const RECHECK_EVERY: Duration = Duration::from_millis(250);
 const RESCAN_EVERY: Duration = Duration::from_secs(2);
 
@@ -87,6 +90,7 @@ struct Container {
     inflight: VecDeque<InFlight>,
     acked: Position,
     stored: Position,
+    acked_since_store: u64,
     last_store: Instant,
     may_have_data: bool,
     last_try: Instant,
@@ -196,6 +200,9 @@ impl Publisher {
             for d in deliveries.drain(..) {
                 self.on_delivery(d);
             }
+            self.metrics
+                .in_flight
+                .store(self.in_flight_msgs, Ordering::Relaxed);
             self.check_errors();
             self.store_and_finish();
             if self.opts.exit_when_empty && self.containers.is_empty() && self.unready.is_empty() {
@@ -216,6 +223,9 @@ impl Publisher {
         for d in deliveries {
             self.on_delivery(d);
         }
+        self.metrics
+            .in_flight
+            .store(self.in_flight_msgs, Ordering::Relaxed);
         for c in self.containers.values_mut() {
             if c.acked != c.stored {
                 let _ = c.reader.acknowledge(c.acked);
@@ -314,6 +324,7 @@ impl Publisher {
                 inflight: VecDeque::new(),
                 acked,
                 stored: acked,
+                acked_since_store: 0,
                 last_store: Instant::now(),
                 may_have_data: true,
                 last_try: Instant::now(),
@@ -456,6 +467,7 @@ impl Publisher {
                 }
                 while c.inflight.front().is_some_and(|e| e.acked) {
                     c.acked = c.inflight.pop_front().expect("front").pos;
+                    c.acked_since_store += 1;
                 }
                 if !self.healthy {
                     self.healthy = true;
@@ -541,9 +553,14 @@ impl Publisher {
         let mut done = Vec::new();
         for c in self.containers.values_mut() {
             let complete = c.finished && c.inflight.is_empty() && c.held.is_none();
-            if c.acked != c.stored && (complete || c.last_store.elapsed() >= CHECKPOINT_EVERY) {
+            let due = c.last_store.elapsed() >= CHECKPOINT_EVERY
+                || c.acked_since_store >= CHECKPOINT_RECORDS;
+            if c.acked != c.stored && (complete || due) {
                 match c.reader.acknowledge(c.acked) {
-                    Ok(()) => c.stored = c.acked,
+                    Ok(()) => {
+                        c.stored = c.acked;
+                        c.acked_since_store = 0;
+                    }
                     Err(e) => log::warn(&format!(
                         "cannot store checkpoint in {}: {e}",
                         c.dir.display()

@@ -198,6 +198,8 @@ impl Consumed {
 
 /// Reads `topic` from the beginning of every partition (assigned directly,
 /// no consumer group) until `want` messages arrived or `timeout` passed.
+/// Call it only once the topic exists: seen here, tansu answers a metadata
+/// request for a missing topic by creating one that never gets partitions.
 pub fn consume(addr: &str, topic: &str, want: usize, timeout: Duration) -> Vec<Consumed> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", addr)
@@ -208,7 +210,20 @@ pub fn consume(addr: &str, topic: &str, want: usize, timeout: Duration) -> Vec<C
         .expect("consumer");
     let t0 = Instant::now();
     let partitions = loop {
-        if let Ok(md) = consumer.fetch_metadata(Some(topic), Duration::from_secs(5)) {
+        let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(5));
+        if std::env::var("DEBUG_CONSUME").is_ok() {
+            match &md {
+                Ok(m) => eprintln!(
+                    "metadata: {:?}",
+                    m.topics()
+                        .iter()
+                        .map(|t| (t.name().to_string(), t.partitions().len(), t.error()))
+                        .collect::<Vec<_>>()
+                ),
+                Err(e) => eprintln!("metadata error: {e}"),
+            }
+        }
+        if let Ok(md) = md {
             if let Some(t) = md.topics().first() {
                 if !t.partitions().is_empty() {
                     break t.partitions().iter().map(|p| p.id()).collect::<Vec<_>>();

@@ -1,0 +1,424 @@
+//! The Kafka publisher against a real Kafka-protocol broker (tansu) over TCP:
+//! delivery, order, broker outages, broker replacement, publisher crashes.
+
+mod support;
+
+use mesos_gelf_logger::config::Config;
+use mesos_gelf_logger::logger::Logger;
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use support::*;
+
+fn spawn_run(addr: &str, topic: &str, id: &str, sandbox: &Path, script: &str) -> Child {
+    Command::new(bin())
+        .args([
+            "run",
+            "--set",
+            &format!("kafka.bootstrap.servers={addr}"),
+            "--set",
+            &format!("topic={topic}"),
+        ])
+        .args(["--container-id", id, "--sandbox"])
+        .arg(sandbox)
+        .args(["--", "sh", "-c", script])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn wait_ok(mut c: Child, limit: Duration) {
+    let t0 = Instant::now();
+    loop {
+        if let Some(s) = c.try_wait().unwrap() {
+            let mut err = String::new();
+            if let Some(mut e) = c.stderr.take() {
+                use std::io::Read;
+                let _ = e.read_to_string(&mut err);
+            }
+            assert!(s.success(), "run failed: {s:?}\n{err}");
+            return;
+        }
+        if t0.elapsed() > limit {
+            let _ = c.kill();
+            panic!("run did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Per container: the `_seq` values of stdout records in consumption order.
+fn seqs_by_container(msgs: &[Consumed]) -> BTreeMap<String, Vec<u64>> {
+    let mut out: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for m in msgs {
+        let v = m.json();
+        assert_gelf(&v);
+        let cid = v["_container_id"].as_str().unwrap().to_string();
+        assert_eq!(m.key, cid.as_bytes(), "message key is the container id");
+        if v["_stream"] == "stdout" {
+            assert_eq!(v["short_message"].as_str().unwrap(), v["_seq"].to_string());
+            out.entry(cid)
+                .or_default()
+                .push(v["_seq"].as_u64().unwrap());
+        }
+    }
+    out
+}
+
+/// Every seq in 1..=n present; returns how many duplicates.
+fn assert_complete(seqs: &[u64], n: u64) -> usize {
+    let mut seen: HashMap<u64, usize> = HashMap::new();
+    for s in seqs {
+        *seen.entry(*s).or_default() += 1;
+    }
+    let missing: Vec<u64> = (1..=n).filter(|s| !seen.contains_key(s)).take(10).collect();
+    assert!(
+        missing.is_empty(),
+        "missing seqs (first 10): {missing:?} of {n}"
+    );
+    seqs.len() - n as usize
+}
+
+#[test]
+fn two_containers_a_million_lines_exactly_once_in_order() {
+    let broker = Broker::start();
+    let d = tempfile::tempdir().unwrap();
+    let (a, b) = (d.path().join("a"), d.path().join("b"));
+    let ra = spawn_run(&broker.addr(), "e2e", "container-a", &a, "seq 1 500000");
+    let rb = spawn_run(&broker.addr(), "e2e", "container-b", &b, "seq 1 500000");
+    wait_ok(ra, Duration::from_secs(300));
+    wait_ok(rb, Duration::from_secs(300));
+    let msgs = consume(&broker.addr(), "e2e", 1_000_000, Duration::from_secs(300));
+    let by = seqs_by_container(&msgs);
+    assert_eq!(by.len(), 2);
+    for (cid, seqs) in &by {
+        assert_eq!(seqs.len(), 500_000, "{cid}: exactly once");
+        assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{cid}: in order");
+        assert_eq!(seqs[0], 1);
+    }
+    // One container's records stay in one partition.
+    let mut parts: HashMap<Vec<u8>, std::collections::HashSet<i32>> = HashMap::new();
+    for m in &msgs {
+        parts.entry(m.key.clone()).or_default().insert(m.partition);
+    }
+    assert!(parts.values().all(|p| p.len() == 1));
+}
+
+/// Waits until `path` exists.
+fn wait_file(path: &Path, limit: Duration) -> bool {
+    let t0 = Instant::now();
+    while !path.exists() {
+        if t0.elapsed() > limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
+#[test]
+fn broker_frozen_mid_stream_loses_nothing_and_never_blocks_the_container() {
+    let broker = Broker::start();
+    let d = tempfile::tempdir().unwrap();
+    let (mid, end) = (d.path().join("mid"), d.path().join("end"));
+    let script = format!(
+        "seq 1 20000; touch {m}; while [ -e {m} ]; do sleep 0.05; done; seq 20001 60000; touch {e}",
+        m = mid.display(),
+        e = end.display()
+    );
+    let run = spawn_run(
+        &broker.addr(),
+        "frozen",
+        "c-frozen",
+        &d.path().join("sbx"),
+        &script,
+    );
+    assert!(wait_file(&mid, Duration::from_secs(30)));
+    std::thread::sleep(Duration::from_millis(300));
+    broker.freeze();
+    std::fs::remove_file(&mid).unwrap();
+    // 40,000 more lines are written while the broker is frozen: the
+    // container finishes writing without waiting for it.
+    let t0 = Instant::now();
+    assert!(
+        wait_file(&end, Duration::from_secs(10)),
+        "the container blocked while the broker was frozen"
+    );
+    let write_time = t0.elapsed();
+    std::thread::sleep(Duration::from_secs(4));
+    broker.thaw();
+    wait_ok(run, Duration::from_secs(120));
+    let msgs = consume(&broker.addr(), "frozen", 60_000, Duration::from_secs(120));
+    let by = seqs_by_container(&msgs);
+    let seqs = &by["c-frozen"];
+    let dups = assert_complete(seqs, 60_000);
+    assert!(seqs.windows(2).all(|w| w[1] > w[0] || dups > 0), "in order");
+    eprintln!("frozen broker: container wrote 40000 lines in {write_time:?}; duplicates {dups}");
+}
+
+#[test]
+fn broker_not_yet_running_when_the_container_starts() {
+    let port = free_port();
+    let d = tempfile::tempdir().unwrap();
+    let run = spawn_run(
+        &format!("127.0.0.1:{port}"),
+        "late",
+        "c-late",
+        &d.path().join("sbx"),
+        "seq 1 5000",
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    // The container has long finished; its lines wait in the spool.
+    assert_eq!(
+        std::fs::read(d.path().join("sbx/stdout")).unwrap().len(),
+        (1..=5000)
+            .map(|i: u32| i.to_string().len() + 1)
+            .sum::<usize>()
+    );
+    let broker = Broker::start_on(port);
+    wait_ok(run, Duration::from_secs(120));
+    let msgs = consume(&broker.addr(), "late", 5000, Duration::from_secs(60));
+    let by = seqs_by_container(&msgs);
+    assert_eq!(assert_complete(&by["c-late"], 5000), 0);
+    assert!(by["c-late"].windows(2).all(|w| w[1] == w[0] + 1));
+}
+
+#[test]
+fn broker_replaced_on_the_same_port_receives_everything_unacknowledged() {
+    let mut old = Broker::start();
+    let port = old.port;
+    let d = tempfile::tempdir().unwrap();
+    let (mid, go) = (d.path().join("mid"), d.path().join("go"));
+    let script = format!(
+        "seq 1 10000; touch {m}; while [ ! -e {g} ]; do sleep 0.05; done; seq 10001 30000",
+        m = mid.display(),
+        g = go.display()
+    );
+    let run = spawn_run(
+        &old.addr(),
+        "replaced",
+        "c-replaced",
+        &d.path().join("sbx"),
+        &script,
+    );
+    assert!(wait_file(&mid, Duration::from_secs(30)));
+    // Phase 1 is delivered to the old broker.
+    let first = consume(&old.addr(), "replaced", 10_000, Duration::from_secs(60));
+    assert_eq!(
+        assert_complete(&seqs_by_container(&first)["c-replaced"], 10_000),
+        0
+    );
+    // Phase 2 is in flight to a frozen broker, which then dies; a new empty
+    // broker comes up on the same port.
+    old.freeze();
+    std::fs::write(&go, b"").unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    old.kill();
+    let new = Broker::start_on(port);
+    wait_ok(run, Duration::from_secs(180));
+    let msgs = consume(&new.addr(), "replaced", 20_000, Duration::from_secs(120));
+    let seqs: Vec<u64> = seqs_by_container(&msgs)
+        .remove("c-replaced")
+        .unwrap_or_default();
+    let later: Vec<u64> = seqs.iter().copied().filter(|&s| s > 10_000).collect();
+    let mut uniq = later.clone();
+    uniq.sort_unstable();
+    uniq.dedup();
+    assert_eq!(
+        uniq.len(),
+        20_000,
+        "every record not acknowledged by the old broker reaches the new one"
+    );
+    eprintln!(
+        "replaced broker: new broker got {} records ({} from phase 1 again)",
+        seqs.len(),
+        seqs.len() - later.len()
+    );
+}
+
+/// Sets up a container spool without a publisher (the agent is "down"),
+/// writes `n` lines through the real companion and closes the pipes.
+/// The topic is the container's, fixed at prepare time (meta.json).
+fn spool_with_lines(spool: &Path, sandbox: &Path, id: &str, n: u64, topic: &str) {
+    std::fs::create_dir_all(sandbox).unwrap();
+    let cfg =
+        Config::from_pairs(&[("spool_dir", spool.to_str().unwrap()), ("topic", topic)]).unwrap();
+    let logger = Logger::new(cfg, bin()).unwrap();
+    let json = serde_json::json!({"directory": sandbox.display().to_string()}).to_string();
+    let p = logger.prepare(id, &json, None).unwrap();
+    let mut out = std::fs::File::from(p.stdout);
+    drop(p.stderr);
+    let mut buf = String::new();
+    for i in 1..=n {
+        buf.push_str(&format!("{i}\n"));
+    }
+    out.write_all(buf.as_bytes()).unwrap();
+}
+
+fn spawn_publish(addr: &str, spool: &Path, until_empty: bool) -> Child {
+    let mut c = Command::new(bin());
+    c.args(["publish", "--spool-dir"])
+        .arg(spool)
+        .args(["--set", &format!("kafka.bootstrap.servers={addr}")])
+        .args([
+            "--set",
+            "max_in_flight_bytes=1MB",
+            "--set",
+            "metrics_interval_ms=100",
+        ]);
+    if until_empty {
+        c.arg("--until-empty");
+    }
+    c.stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn publisher_sigkill_mid_stream_then_restart_loses_nothing() {
+    let broker = Broker::start();
+    let d = tempfile::tempdir().unwrap();
+    let spool = d.path().join("spool");
+    let n = 300_000;
+    spool_with_lines(&spool, &d.path().join("sbx"), "c-kill", n, "killed");
+    let mut p = spawn_publish(&broker.addr(), &spool, false);
+    // Kill it once part of the spool is delivered (its metrics say so).
+    let t0 = Instant::now();
+    loop {
+        let published = std::fs::read(spool.join("metrics.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .and_then(|m| m["records_published"].as_u64())
+            .unwrap_or(0);
+        if published > 20_000 {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "nothing published");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    unsafe { libc::kill(p.id() as i32, libc::SIGKILL) };
+    p.wait().unwrap();
+    let before = consume(
+        &broker.addr(),
+        "killed",
+        n as usize,
+        Duration::from_secs(15),
+    )
+    .len();
+    assert!(
+        before > 0 && before < n as usize,
+        "killed mid-stream ({before} delivered)"
+    );
+    wait_ok(
+        spawn_publish(&broker.addr(), &spool, true),
+        Duration::from_secs(180),
+    );
+    assert!(
+        std::fs::read_dir(&spool)
+            .unwrap()
+            .flatten()
+            .all(|e| !e.path().is_dir()),
+        "delivered spools are removed"
+    );
+    let msgs = consume(
+        &broker.addr(),
+        "killed",
+        n as usize,
+        Duration::from_secs(120),
+    );
+    let dups = assert_complete(&seqs_by_container(&msgs)["c-kill"], n);
+    // Bound: what was in flight (1 MB of >150-byte messages) plus what was
+    // acknowledged but not yet checkpointed (at most CHECKPOINT_RECORDS).
+    let bound = 1024 * 1024 / 150 + 4096;
+    assert!(dups <= bound, "{dups} duplicates > bound {bound}");
+    eprintln!("publisher SIGKILL: {before} delivered before the kill, {dups} duplicates after restart (bound {bound})");
+}
+
+#[test]
+fn bad_kafka_settings_give_a_clear_error_at_start() {
+    let d = tempfile::tempdir().unwrap();
+    let out = run(
+        &[
+            "--sandbox",
+            d.path().to_str().unwrap(),
+            "--set",
+            "kafka.bootstrap.servers=127.0.0.1:9",
+            "--set",
+            "kafka.no.such.property=1",
+        ],
+        &["echo", "hi"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("invalid Kafka configuration") && err.contains("no.such.property"),
+        "{err}"
+    );
+
+    // Nothing listens there: a clear error within seconds, and the run keeps
+    // the lines in its spool waiting (it does not exit or lose them).
+    let port = free_port();
+    let mut c = Command::new(bin())
+        .args(["run", "--sandbox"])
+        .arg(d.path())
+        .args([
+            "--set",
+            &format!("kafka.bootstrap.servers=127.0.0.1:{port}"),
+            "--",
+            "echo",
+            "hi",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = BufReader::new(c.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in err.lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let mut found = None;
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(15) && found.is_none() {
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(200)) {
+            if l.contains(&format!("cannot reach Kafka at 127.0.0.1:{port}")) {
+                found = Some(l);
+            }
+        }
+    }
+    assert!(
+        found.is_some(),
+        "no clear error about the unreachable broker"
+    );
+    assert!(
+        c.try_wait().unwrap().is_none(),
+        "run keeps waiting to deliver"
+    );
+    let _ = c.kill();
+    let _ = c.wait();
+}
+
+#[test]
+fn metrics_file_reports_what_was_published() {
+    let broker = Broker::start();
+    let d = tempfile::tempdir().unwrap();
+    let spool = d.path().join("spool");
+    spool_with_lines(&spool, &d.path().join("sbx"), "c-metrics", 1000, "metrics");
+    wait_ok(
+        spawn_publish(&broker.addr(), &spool, true),
+        Duration::from_secs(60),
+    );
+    let m: Value =
+        serde_json::from_slice(&std::fs::read(spool.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(m["records_published"], 1000);
+    assert_eq!(m["containers_finished"], 1);
+    assert_eq!(m["in_flight"], 0);
+    assert!(m["bytes_published"].as_u64().unwrap() > 100_000);
+}
