@@ -8,6 +8,7 @@
 //! - `pkg-config mesos`;
 //! - `MESOS_CXXFLAGS`: extra compiler flags appended verbatim (`-I` dirs of a
 //!   build tree, the defines Mesos was built with: `-DUSE_SSL_SOCKET=1` ...).
+//!
 //! It counts as found when `mesos/version.hpp` is in one of the `-I` dirs.
 //! `MESOS_CXX_STD` picks the standard (default `c++11`, Mesos 1.11's).
 //! With `--features mesos` a missing Mesos is an error.

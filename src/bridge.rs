@@ -77,6 +77,7 @@ fn log_to_agent(level: i32, msg: &str) {
     ffi::agent_log(level, msg);
 }
 
+#[allow(clippy::ptr_arg)] // the signature cxx generates for `&Vec<Param>`
 fn create_logger(params: &Vec<ffi::Param>) -> Result<Box<ModuleLogger>, String> {
     crate::log::set_sink(log_to_agent);
     let pairs: Vec<(&str, &str)> = params

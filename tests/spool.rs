@@ -28,7 +28,7 @@ fn read_all(dir: &Path) -> (Vec<Record>, SpoolReader, bool) {
     let mut r = SpoolReader::at(dir, Position::default());
     let mut out = Vec::new();
     loop {
-        match r.next().unwrap() {
+        match r.read_next().unwrap() {
             Next::Record(rec, _) => out.push(rec),
             Next::Pending => return (out, r, false),
             Next::Finished => return (out, r, true),
@@ -95,15 +95,15 @@ fn a_short_tail_is_pending_while_the_writer_is_live() {
         .write_all(&half[..10])
         .unwrap();
     let mut r = SpoolReader::at(d.path(), Position::default());
-    assert!(matches!(r.next().unwrap(), Next::Record(x, _) if x.payload == b"one"));
-    assert!(matches!(r.next().unwrap(), Next::Pending));
+    assert!(matches!(r.read_next().unwrap(), Next::Record(x, _) if x.payload == b"one"));
+    assert!(matches!(r.read_next().unwrap(), Next::Pending));
     std::fs::OpenOptions::new()
         .append(true)
         .open(&seg)
         .unwrap()
         .write_all(&half[10..])
         .unwrap();
-    assert!(matches!(r.next().unwrap(), Next::Record(x, _) if x.payload == b"two"));
+    assert!(matches!(r.read_next().unwrap(), Next::Record(x, _) if x.payload == b"two"));
     assert_eq!(r.torn, 0);
 }
 
@@ -122,7 +122,7 @@ fn checkpoint_resume_and_acknowledged_segments_are_deleted() {
     let (mut r, _) = SpoolReader::open(d.path());
     let mut pos = Position::default();
     for _ in 0..1000 {
-        match r.next().unwrap() {
+        match r.read_next().unwrap() {
             Next::Record(_, p) => pos = p,
             other => panic!("{other:?}"),
         }
@@ -135,7 +135,7 @@ fn checkpoint_resume_and_acknowledged_segments_are_deleted() {
     // A new reader (publisher restart) resumes right after record 1000.
     let (mut r2, warn) = SpoolReader::open(d.path());
     assert!(warn.is_none());
-    match r2.next().unwrap() {
+    match r2.read_next().unwrap() {
         Next::Record(x, _) => assert_eq!(x.seq, 1001),
         other => panic!("{other:?}"),
     }
@@ -282,8 +282,7 @@ fn companion_never_blocks_on_a_full_spool_and_reports_drops() {
     assert!(kept > 0 && kept < 100_000);
     assert_eq!(
         recs.iter()
-            .filter(|r| r.stream == Stream::Stdout)
-            .last()
+            .rfind(|r| r.stream == Stream::Stdout)
             .unwrap()
             .seq,
         100_000

@@ -370,7 +370,7 @@ impl Publisher {
         while sent < BATCH && self.in_flight_bytes < self.config.max_in_flight_bytes {
             let (rec, pos) = match c.held.take() {
                 Some(h) => h,
-                None => match c.reader.next() {
+                None => match c.reader.read_next() {
                     Ok(Next::Record(r, p)) => {
                         if r.stream == Stream::Notice {
                             Metrics::add(&self.metrics.loss_notices, 1);

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 const READ_CHUNK: usize = 256 * 1024;
 
-/// What [`SpoolReader::next`] found.
+/// What [`SpoolReader::read_next`] found.
 #[derive(Debug)]
 pub enum Next {
     /// A record, and the position just after it.
@@ -158,7 +158,7 @@ impl SpoolReader {
     /// Whether the writer has moved on (a newer segment or `done` exists) is
     /// only asked at the end of the readable bytes, and is asked *before* a
     /// last read: if it had moved on, that read sees all it will ever write.
-    pub fn next(&mut self) -> std::io::Result<Next> {
+    pub fn read_next(&mut self) -> std::io::Result<Next> {
         loop {
             if self.file.is_none() && !self.open_segment()? {
                 let done = self.dir.join(DONE_FILE).exists();
