@@ -209,7 +209,7 @@ impl Logger {
         if let Some(p) = systemd_cgroup_procs(&self.config) {
             cmd.arg("--cgroup-procs").arg(p);
         }
-        // SAFETY: only async-signal-safe calls (dup/dup2/close/setsid/fork/_exit) after fork.
+        // SAFETY: only async-signal-safe calls (fcntl/dup2/close_range/signal/setsid/fork/_exit) after fork.
         unsafe {
             cmd.pre_exec(move || {
                 // Move the read ends to 3 and 4 without clobbering either.
@@ -218,8 +218,27 @@ impl Logger {
                 if a < 0 || b < 0 || libc::dup2(a, 3) < 0 || libc::dup2(b, 4) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-                libc::close(a);
-                libc::close(b);
+                // Nothing else of the agent's reaches the companion, not even
+                // fds opened without close-on-exec by some library: mark them
+                // all close-on-exec (closing them here would also close std's
+                // exec-error pipe, and exec failures would go unreported).
+                const CLOSE_RANGE_CLOEXEC: u32 = 4;
+                if libc::syscall(libc::SYS_close_range, 5u32, u32::MAX, CLOSE_RANGE_CLOEXEC) != 0 {
+                    for fd in 5..4096 {
+                        libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+                    }
+                }
+                // Ignored signals stay ignored across exec: no window in which
+                // the agent's process group dying could kill the companion.
+                for sig in [
+                    libc::SIGTERM,
+                    libc::SIGINT,
+                    libc::SIGHUP,
+                    libc::SIGPIPE,
+                    libc::SIGQUIT,
+                ] {
+                    libc::signal(sig, libc::SIG_IGN);
+                }
                 if libc::setsid() < 0 {
                     return Err(std::io::Error::last_os_error());
                 }

@@ -1,0 +1,413 @@
+//! The agent module without Mesos: the C++ driver that calls the bridge
+//! exactly as cpp/logger.cpp does, the Rust logger across an agent restart
+//! with 50 containers, bad container configs, and fd hygiene.
+
+mod support;
+
+use mesos_gelf_logger::bridge::ffi;
+use mesos_gelf_logger::config::Config;
+use mesos_gelf_logger::logger::Logger;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use support::*;
+
+/// A copy of a ContainerConfig fixture whose sandbox lives under `root`,
+/// keeping the Mesos layout so ids can still be read from the path.
+fn localized_fixture(fixture: &Path, root: &Path, out: &Path) -> (PathBuf, String) {
+    let text = std::fs::read_to_string(fixture).unwrap();
+    let mut v: Value = serde_json::from_str(&text).unwrap();
+    let dir = v["directory"].as_str().unwrap().to_string();
+    let local = root.join(dir.trim_start_matches('/'));
+    std::fs::create_dir_all(&local).unwrap();
+    v["directory"] = Value::String(local.display().to_string());
+    std::fs::write(out, v.to_string()).unwrap();
+    (local, dir)
+}
+
+fn wait_spool_empty(spool: &Path, limit: Duration) {
+    let t0 = Instant::now();
+    while std::fs::read_dir(spool)
+        .unwrap()
+        .flatten()
+        .any(|e| e.path().is_dir())
+    {
+        assert!(t0.elapsed() < limit, "spool not drained within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn cpp_driver_prepares_each_fixture_like_the_shim() {
+    let broker = Broker::start();
+    let d = tempfile::tempdir().unwrap();
+    let spool = d.path().join("spool");
+    let mut spec = format!(
+        "param\tkafka.bootstrap.servers\t{}\nparam\ttopic\tshim\nparam\tspool_dir\t{}\nparam\tcompanion_path\t{}\n",
+        broker.addr(),
+        spool.display(),
+        bin().display()
+    );
+    let cases = [
+        (
+            "marathon_command_task.json",
+            "b7c1e2d3-4f5a-6b7c-8d9e-0f1a2b3c4d5e",
+        ),
+        (
+            "custom_executor.json",
+            "5d6e7f80-9a1b-4c2d-8e3f-4a5b6c7d8e9f",
+        ),
+        (
+            "docker_containerizer_task.json",
+            "b0c1d2e3-f405-4617-8829-3a4b5c6d7e8f",
+        ),
+        (
+            "nested_task_group_container.json",
+            "11223344-5566-4778-8899-aabbccddeeff.99887766-5544-4332-8110-ffeeddccbbaa",
+        ),
+    ];
+    let mut sandboxes = Vec::new();
+    for (i, (f, id)) in cases.iter().enumerate() {
+        let cfg = d.path().join(format!("cfg{i}.json"));
+        let (local, _) = localized_fixture(
+            &shared(&format!("fixtures/container_config/{f}")),
+            &d.path().join("work"),
+            &cfg,
+        );
+        sandboxes.push(local);
+        spec.push_str(&format!(
+            "container\t{id}\t{}\tout {i} a\\nout {i} b\\n\terr {i}\\n\n",
+            cfg.display()
+        ));
+    }
+    spec.push_str(&format!(
+        "container\tbad-1\t{}\tx\ty\n",
+        shared("fixtures/container_config/bad/not_json.txt").display()
+    ));
+    spec.push_str(&format!("wait_empty\t{}\t60000\n", spool.display()));
+    let report = ffi::shim_selftest(&spec);
+    let lines: Vec<&str> = report.lines().collect();
+    assert_eq!(lines[0], "created", "{report}");
+    assert_eq!(lines[1], "initialized", "{report}");
+    assert_eq!(
+        lines.iter().filter(|l| l.starts_with("prepared\t")).count(),
+        4,
+        "{report}"
+    );
+    let bad = lines
+        .iter()
+        .find(|l| l.starts_with("prepare_error\tbad-1"))
+        .expect(&report);
+    assert!(bad.contains("not valid JSON"), "{bad}");
+    assert_eq!(*lines.last().unwrap(), "empty", "{report}");
+    for (i, s) in sandboxes.iter().enumerate() {
+        assert_eq!(
+            std::fs::read_to_string(s.join("stdout")).unwrap(),
+            format!("out {i} a\nout {i} b\n")
+        );
+        assert_eq!(
+            std::fs::read_to_string(s.join("stderr")).unwrap(),
+            format!("err {i}\n")
+        );
+    }
+    // 4 containers x 3 lines; the Marathon task's 3 go to its own topic.
+    let msgs = consume(&broker.addr(), "shim", 9, Duration::from_secs(60));
+    assert_eq!(msgs.len(), 9);
+    let by_id: BTreeMap<String, Vec<Value>> =
+        msgs.iter()
+            .map(|m| m.json())
+            .fold(BTreeMap::new(), |mut acc, v| {
+                assert_gelf(&v);
+                acc.entry(v["_container_id"].as_str().unwrap().to_string())
+                    .or_default()
+                    .push(v);
+                acc
+            });
+    let custom = &by_id["5d6e7f80-9a1b-4c2d-8e3f-4a5b6c7d8e9f"][0];
+    assert_eq!(
+        custom["_executor_id"],
+        "thermos-www-data-prod-hello-0-2f4e6a8c"
+    );
+    assert_eq!(
+        custom["_agent_id"],
+        "8e3d5c2a-7b1f-4d6e-a9c8-0f1e2d3c4b5a-S3"
+    );
+    let docker_err = by_id["b0c1d2e3-f405-4617-8829-3a4b5c6d7e8f"]
+        .iter()
+        .find(|v| v["_stream"] == "stderr")
+        .unwrap();
+    assert_eq!(docker_err["level"], 4, "label override gelf.level_stderr");
+    let nested =
+        &by_id["11223344-5566-4778-8899-aabbccddeeff.99887766-5544-4332-8110-ffeeddccbbaa"][0];
+    assert_eq!(
+        nested["_parent_container_id"],
+        "11223344-5566-4778-8899-aabbccddeeff"
+    );
+    // The Marathon task asked for its own topic (GELF_LOGGER_TOPIC).
+    assert_eq!(by_id.len(), 3, "{:?}", by_id.keys());
+    let own = consume(
+        &broker.addr(),
+        "storefront_logs",
+        3,
+        Duration::from_secs(60),
+    );
+    assert_eq!(own.len(), 3, "GELF_LOGGER_TOPIC override");
+    let m = own[0].json();
+    assert_eq!(m["_container_id"], "b7c1e2d3-4f5a-6b7c-8d9e-0f1a2b3c4d5e");
+    assert_eq!(
+        m["_framework_id"],
+        "4a5c3f0e-2b1d-4c8e-9f7a-1e2d3c4b5a69-0000"
+    );
+    assert_eq!(
+        m["_executor_id"],
+        "prod_web.6f1d2a4e-8c0b-11ef-9a3e-0242ac110002"
+    );
+    assert_eq!(m["_agent_id"], "8e3d5c2a-7b1f-4d6e-a9c8-0f1e2d3c4b5a-S3");
+    assert_eq!(own[0].key, b"b7c1e2d3-4f5a-6b7c-8d9e-0f1a2b3c4d5e");
+}
+
+#[test]
+fn cpp_driver_rejects_bad_parameters_at_create() {
+    let spec =
+        "param\tkafka.bootstrap.servers\t127.0.0.1:9\nparam\tsandbox_max_files\tmany\ninit\n";
+    let report = ffi::shim_selftest(spec);
+    assert!(
+        report.starts_with("create_error\tparameter `sandbox_max_files`"),
+        "{report}"
+    );
+    let report = ffi::shim_selftest("param\ttopic\tx\ninit\n");
+    assert!(
+        report.contains("`kafka.bootstrap.servers` is required"),
+        "{report}"
+    );
+    let report = ffi::shim_selftest(
+        "param\tkafka.bootstrap.servers\th:1\nparam\tkafka.bogus.prop\t1\ninit\n",
+    );
+    assert!(
+        report.contains("invalid Kafka configuration") && report.contains("bogus.prop"),
+        "{report}"
+    );
+    let report = ffi::shim_selftest(
+        "param\tkafka.bootstrap.servers\th:1\nparam\tcompanion_path\t/nonexistent\ninit\n",
+    );
+    assert!(report.contains("parameter `companion_path`"), "{report}");
+}
+
+fn module_config(addr: &str, spool: &Path, topic: &str) -> Config {
+    Config::from_pairs(&[
+        ("kafka.bootstrap.servers", addr),
+        ("topic", topic),
+        ("spool_dir", spool.to_str().unwrap()),
+    ])
+    .unwrap()
+}
+
+#[test]
+fn fifty_containers_survive_an_agent_restart() {
+    let broker = Broker::start();
+    let d = tempfile::tempdir().unwrap();
+    let spool = d.path().join("spool");
+    let mut logger = Logger::new(module_config(&broker.addr(), &spool, "restart"), bin()).unwrap();
+    logger.initialize(false).unwrap();
+    let mut pipes = Vec::new();
+    for i in 0..50 {
+        let sbx = d.path().join(format!("sbx{i}"));
+        std::fs::create_dir_all(&sbx).unwrap();
+        let json = serde_json::json!({"directory": sbx.display().to_string()}).to_string();
+        let p = logger.prepare(&format!("c{i:02}"), &json, None).unwrap();
+        pipes.push((std::fs::File::from(p.stdout), std::fs::File::from(p.stderr)));
+    }
+    let write = |pipes: &mut Vec<(std::fs::File, std::fs::File)>, phase: &str| {
+        for (out, _) in pipes.iter_mut() {
+            for j in 0..100 {
+                writeln!(out, "{phase} {j}").unwrap();
+            }
+        }
+    };
+    write(&mut pipes, "before");
+    std::thread::sleep(Duration::from_millis(500));
+    drop(logger); // the agent dies; companions keep draining the pipes
+    write(&mut pipes, "during");
+    let mut logger = Logger::new(module_config(&broker.addr(), &spool, "restart"), bin()).unwrap();
+    logger.initialize(false).unwrap(); // a new agent resumes every spool
+    write(&mut pipes, "after");
+    drop(pipes);
+    wait_spool_empty(&spool, Duration::from_secs(120));
+    let msgs = consume(&broker.addr(), "restart", 15_000, Duration::from_secs(120));
+    let mut seen: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for m in &msgs {
+        let v = m.json();
+        seen.entry(v["_container_id"].as_str().unwrap().into())
+            .or_default()
+            .insert(v["short_message"].as_str().unwrap().into());
+    }
+    assert_eq!(seen.len(), 50);
+    for (cid, lines) in &seen {
+        assert_eq!(
+            lines.len(),
+            300,
+            "{cid}: every line before, during and after the restart"
+        );
+    }
+    drop(logger);
+}
+
+fn proc_fds(pid: u32) -> Vec<(i32, String, u32)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+    {
+        let fd: i32 = e.file_name().to_str().unwrap().parse().unwrap();
+        let target = std::fs::read_link(e.path())
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap_or_default();
+        let flags = info
+            .lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .map(|f| u32::from_str_radix(f.trim(), 8).unwrap())
+            .unwrap_or(0);
+        out.push((fd, target, flags));
+    }
+    out.sort();
+    out
+}
+
+fn find_companion(spool_dir: &Path) -> Option<u32> {
+    let needle = spool_dir.display().to_string();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_str().unwrap_or("").parse::<u32>() else {
+            continue;
+        };
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains(" companion ") && cmd.contains(&needle) {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+#[test]
+fn fd_hygiene_companion_holds_only_read_ends_and_eof_arrives() {
+    let d = tempfile::tempdir().unwrap();
+    let spool = d.path().join("spool");
+    let sbx = d.path().join("sbx");
+    std::fs::create_dir_all(&sbx).unwrap();
+    let logger = Logger::new(module_config("127.0.0.1:9", &spool, "t"), bin()).unwrap();
+    let json = serde_json::json!({"directory": sbx.display().to_string()}).to_string();
+    let p = logger.prepare("fd-check", &json, None).unwrap();
+    // Only the two write ends are handed over (we keep no read end), and
+    // they are close-on-exec (the agent dups them into the container).
+    let ours = proc_fds(std::process::id());
+    for fd in [p.stdout.as_raw_fd(), p.stderr.as_raw_fd()] {
+        let fl = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        assert!(fl & libc::FD_CLOEXEC != 0);
+        let pipe = &ours.iter().find(|f| f.0 == fd).unwrap().1;
+        assert!(pipe.starts_with("pipe:"));
+        assert_eq!(
+            ours.iter().filter(|f| &f.1 == pipe).count(),
+            1,
+            "a second fd on {pipe}"
+        );
+    }
+    let pid = find_companion(&p.spool).expect("companion running");
+    // Steady state, once the dynamic loader is done with its own files.
+    let t0 = Instant::now();
+    let fds = loop {
+        let fds = proc_fds(pid);
+        if fds.len() == 5 || t0.elapsed() > Duration::from_secs(5) {
+            break fds;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let numbers: Vec<i32> = fds.iter().map(|f| f.0).collect();
+    assert_eq!(numbers, [0, 1, 2, 3, 4], "{fds:?}");
+    for (fd, target, flags) in &fds {
+        if *fd <= 2 {
+            assert_eq!(target, "/dev/null");
+        } else {
+            assert!(target.starts_with("pipe:"), "{target}");
+            assert_eq!(
+                flags & libc::O_ACCMODE as u32,
+                libc::O_RDONLY as u32,
+                "fd {fd} must be a read end"
+            );
+        }
+    }
+    // Its own session, reparented away from us (the agent never reaps it).
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    let (ppid, sid): (u32, u32) = (fields[1].parse().unwrap(), fields[3].parse().unwrap());
+    assert_ne!(ppid, std::process::id());
+    let our_sid = unsafe { libc::getsid(0) } as u32;
+    assert_ne!(
+        sid, our_sid,
+        "companion is in a session of its own, not the agent's"
+    );
+    // The container exits: EOF reaches the companion, which finishes.
+    drop(p);
+    let t0 = Instant::now();
+    while Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z")
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "companion did not see EOF"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(spool.join("fd-check/done").exists());
+}
+
+#[test]
+fn companion_ignores_the_signals_of_a_dying_agent() {
+    let d = tempfile::tempdir().unwrap();
+    let spool = d.path().join("spool");
+    let sbx = d.path().join("sbx");
+    std::fs::create_dir_all(&sbx).unwrap();
+    let logger = Logger::new(module_config("127.0.0.1:9", &spool, "t"), bin()).unwrap();
+    let json = serde_json::json!({"directory": sbx.display().to_string()}).to_string();
+    let p = logger.prepare("sig-check", &json, None).unwrap();
+    let pid = find_companion(&p.spool).unwrap_or_else(|| {
+        let ps = std::process::Command::new("ps")
+            .args(["-eo", "pid,ppid,stat,args"])
+            .output()
+            .unwrap();
+        panic!(
+            "no companion for {}; done={}\n{}",
+            p.spool.display(),
+            p.spool.join("done").exists(),
+            String::from_utf8_lossy(&ps.stdout)
+        )
+    });
+    let mut out = std::fs::File::from(p.stdout);
+    writeln!(out, "one").unwrap();
+    for s in [libc::SIGTERM, libc::SIGHUP, libc::SIGINT, libc::SIGPIPE] {
+        unsafe { libc::kill(pid as i32, s) };
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    writeln!(out, "two").unwrap();
+    drop(out);
+    drop(p.stderr);
+    let t0 = Instant::now();
+    while !spool.join("sig-check/done").exists() {
+        assert!(t0.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        std::fs::read_to_string(sbx.join("stdout")).unwrap(),
+        "one\ntwo\n"
+    );
+}

@@ -1,0 +1,62 @@
+//! The cdylib exports the module global. CI has no Mesos, so it checks the
+//! stand-in global built by the same build.rs mechanism (`--undefined` +
+//! version script) that exports `org_mesos_gelf_GelfContainerLogger`.
+
+use std::ffi::CString;
+use std::path::PathBuf;
+use std::process::Command;
+
+fn cdylib() -> PathBuf {
+    // target/<profile>/deps/<this test> → target/<profile>/libmesos_gelf_logger.so
+    let exe = std::env::current_exe().unwrap();
+    let p = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("libmesos_gelf_logger.so");
+    assert!(p.exists(), "{} missing", p.display());
+    p
+}
+
+#[repr(C)]
+struct Probe {
+    name: *const libc::c_char,
+    api_version: libc::c_int,
+}
+
+#[test]
+fn module_style_global_is_exported_as_data_and_found_by_dlsym() {
+    let so = cdylib();
+    let out = Command::new("nm")
+        .args(["-D", "--defined-only"])
+        .arg(&so)
+        .output()
+        .expect("nm");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.ends_with(" mesos_gelf_export_probe"))
+        .unwrap_or_else(|| panic!("not exported:\n{text}"));
+    assert!(line.contains(" D ") || line.contains(" B "), "{line}");
+    // rustc keeps Rust internals local (cxx's `cxxbridge1$` glue is
+    // `#[no_mangle]` and so exported, harmlessly).
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.contains(" _R") || l.contains(" _ZN3std")),
+        "Rust internals exported"
+    );
+
+    let path = CString::new(so.to_str().unwrap()).unwrap();
+    unsafe {
+        let h = libc::dlopen(path.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL);
+        assert!(!h.is_null(), "dlopen failed");
+        let sym = CString::new("mesos_gelf_export_probe").unwrap();
+        let p = libc::dlsym(h, sym.as_ptr()) as *const Probe;
+        assert!(!p.is_null(), "dlsym failed");
+        let name = std::ffi::CStr::from_ptr((*p).name).to_str().unwrap();
+        assert_eq!(name, "mesos-gelf", "the global's constructor ran");
+        assert_eq!((*p).api_version, 2);
+    }
+}
