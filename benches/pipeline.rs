@@ -1,0 +1,559 @@
+//! `cargo bench`: throughput, CPU per line, memory and latency of the
+//! pipeline, each next to a reference measured in the same run, printed as a
+//! table. Needs the tansu broker (scripts/setup.sh; TANSU_BIN).
+//!
+//! The same binary re-invokes itself for helpers: `gen` (a paced line
+//! generator), `bare` (a bare librdkafka producer), `wrap` (runs the real
+//! companion and records its rusage), `scale` (an in-process "agent").
+
+#[path = "../tests/support/mod.rs"]
+#[allow(dead_code)]
+mod support;
+
+use mesos_gelf_logger::config::Config;
+use mesos_gelf_logger::logger::Logger;
+use mesos_gelf_logger::publisher::kafka::client_config;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufWriter, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const LINES: usize = 1_000_000;
+
+/// CPU seconds, peak RSS (KB) and wall time of a finished child.
+#[derive(Clone, Copy, Default)]
+struct Usage {
+    wall: f64,
+    cpu: f64,
+    rss_kb: i64,
+}
+
+fn wait_usage(child: &mut Child, t0: Instant) -> Usage {
+    let mut status = 0;
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = child.id() as i32;
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+    assert_eq!(r, pid, "wait4");
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "child failed: {status}"
+    );
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Usage {
+        wall: t0.elapsed().as_secs_f64(),
+        cpu: tv(ru.ru_utime) + tv(ru.ru_stime),
+        rss_kb: ru.ru_maxrss,
+    }
+}
+
+fn exe() -> PathBuf {
+    std::env::current_exe().unwrap()
+}
+
+/// 1e6 lines of 100-200 bytes, varied but deterministic.
+fn make_input(path: &Path) -> u64 {
+    let mut w = BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut x: u64 = 0x9E3779B97F4A7C15;
+    let words = [
+        "GET",
+        "/api/cart",
+        "status=200",
+        "user=4711",
+        "duration_ms=12.5",
+        "INFO",
+        "worker-3",
+        "cache miss",
+        "órder",
+        "ok",
+    ];
+    let mut bytes = 0u64;
+    for i in 0..LINES {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let len = 100 + (x % 101) as usize;
+        let mut line = format!(
+            "2026-11-23T10:00:{:02}.{:06}Z line={i}",
+            i % 60,
+            i % 1_000_000
+        );
+        let mut k = x;
+        while line.len() < len {
+            line.push(' ');
+            line.push_str(words[(k % words.len() as u64) as usize]);
+            k = k.rotate_left(7) ^ 0x5555;
+        }
+        while !line.is_char_boundary(len.min(line.len())) {
+            line.push('x');
+        }
+        line.truncate(len);
+        bytes += line.len() as u64 + 1;
+        writeln!(w, "{line}").unwrap();
+    }
+    bytes
+}
+
+fn write_meta(spool: &Path, sandbox: &Path, topic: &str) {
+    std::fs::create_dir_all(spool).unwrap();
+    let meta = serde_json::json!({
+        "version": 1,
+        "identity": {"container_id": "bench", "sandbox": sandbox.display().to_string()},
+        "settings": {"topic": topic},
+    });
+    std::fs::write(spool.join("meta.json"), meta.to_string()).unwrap();
+}
+
+/// `cat input | CMD` and the usage of CMD.
+fn through_pipe(input: &Path, cmd: &mut Command) -> Usage {
+    let t0 = Instant::now();
+    let mut cat = Command::new("cat")
+        .arg(input)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut c = cmd
+        .stdin(Stdio::from(cat.stdout.take().unwrap()))
+        .spawn()
+        .unwrap();
+    let u = wait_usage(&mut c, t0);
+    cat.wait().unwrap();
+    u
+}
+
+struct Row(String, String, String, String, String);
+
+fn print_table(title: &str, rows: &[Row]) {
+    println!("\n{title}");
+    println!(
+        "| {:<44} | {:>12} | {:>10} | {:>14} | {:>12} |",
+        "what", "lines/s", "MB/s", "CPU s / 1e6", "peak RSS MB"
+    );
+    println!(
+        "|{:-<46}|{:->14}|{:->12}|{:->16}|{:->14}|",
+        "", "", "", "", ""
+    );
+    for r in rows {
+        println!(
+            "| {:<44} | {:>12} | {:>10} | {:>14} | {:>12} |",
+            r.0, r.1, r.2, r.3, r.4
+        );
+    }
+}
+
+fn row(name: &str, u: Usage, lines: usize, bytes: u64) -> Row {
+    Row(
+        name.into(),
+        format!("{:.0}", lines as f64 / u.wall),
+        format!("{:.1}", bytes as f64 / u.wall / 1e6),
+        format!("{:.2}", u.cpu * 1e6 / lines as f64),
+        format!("{:.1}", u.rss_kb as f64 / 1024.0),
+    )
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("gen") => return gen(args[2].parse().unwrap(), args[3].parse().unwrap()),
+        Some("bare") => return bare(&args[2], &args[3], Path::new(&args[4])),
+        Some("companion") => return wrap_companion(&args[1..]),
+        Some("scale") => return scale(&args[2], Path::new(&args[3])),
+        _ => {}
+    }
+    if args.iter().any(|a| a == "--list") {
+        return; // `cargo bench -- --list`
+    }
+    let bin = support::bin();
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    let input = r.join("input.txt");
+    let bytes = make_input(&input);
+    println!(
+        "mesos-gelf benchmark: {LINES} lines, {:.1} MB, 100-200 bytes each; machine: {} cores, {}",
+        bytes as f64 / 1e6,
+        num_cpus(),
+        kernel()
+    );
+
+    // 1. Companion vs tee / cat.
+    let cat_u = through_pipe(
+        &input,
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("cat > {}", r.join("cat.out").display())),
+    );
+    let tee_u = through_pipe(
+        &input,
+        Command::new("sh").arg("-c").arg(format!(
+            "tee {} > {}",
+            r.join("tee1").display(),
+            r.join("tee2").display()
+        )),
+    );
+    let spool = r.join("spool1/bench");
+    let sandbox = r.join("sbx1");
+    std::fs::create_dir_all(&sandbox).unwrap();
+    write_meta(&spool, &sandbox, "bench-publisher");
+    let comp_u = through_pipe(
+        &input,
+        Command::new(&bin)
+            .args(["companion", "--spool"])
+            .arg(&spool)
+            .arg("--sandbox")
+            .arg(&sandbox)
+            .args(["--stdout-fd", "0", "--stderr-fd=-1"]),
+    );
+    print_table(
+        "1. Companion: pipe -> sandbox file + spool (reference: the same bytes through a pipe into cat / tee)",
+        &[row("cat > f", cat_u, LINES, bytes), row("tee f1 > f2", tee_u, LINES, bytes), row("mesos-gelf companion", comp_u, LINES, bytes)],
+    );
+    println!("companion/tee throughput ratio: {:.2}x (target >= 0.6x); companion/cat: {:.2}x; companion peak RSS {:.1} MB (target < 8 MB)",
+        tee_u.wall / comp_u.wall, cat_u.wall / comp_u.wall, comp_u.rss_kb as f64 / 1024.0);
+
+    // 2. Publisher vs a bare producer.
+    let broker = support::Broker::start();
+    let addr = broker.addr();
+    let t0 = Instant::now();
+    let mut p = Command::new(&bin)
+        .args(["publish", "--spool-dir"])
+        .arg(r.join("spool1"))
+        .args([
+            "--set",
+            &format!("kafka.bootstrap.servers={addr}"),
+            "--until-empty",
+        ])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pub_u = wait_usage(&mut p, t0);
+    // The same records, pre-encoded as GELF (stdout sink of `run`).
+    let gelf = r.join("gelf.txt");
+    let out = std::fs::File::create(&gelf).unwrap();
+    let st = Command::new(&bin)
+        .args(["run", "--sandbox"])
+        .arg(r.join("sbx-enc"))
+        .arg("--")
+        .arg("cat")
+        .arg(&input)
+        .stdout(out)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let gelf_bytes = std::fs::metadata(&gelf).unwrap().len();
+    let t0 = Instant::now();
+    let mut b = Command::new(exe())
+        .args(["bare", &addr, "bench-bare"])
+        .arg(&gelf)
+        .spawn()
+        .unwrap();
+    let bare_u = wait_usage(&mut b, t0);
+    print_table(
+        "2. Publisher: spool -> GELF -> Kafka (reference: bare librdkafka producer, same settings, pre-encoded GELF)",
+        &[row("bare producer (pre-encoded)", bare_u, LINES, gelf_bytes), row("mesos-gelf publish", pub_u, LINES, gelf_bytes)],
+    );
+    println!(
+        "publisher/bare CPU per record: {:.2}x (target <= 1.5x); publisher peak RSS {:.1} MB",
+        pub_u.cpu / bare_u.cpu,
+        pub_u.rss_kb as f64 / 1024.0
+    );
+
+    // 3. End to end: run of a fast generator (cat), companion measured by a wrapper.
+    let wrap_out = r.join("spool3/companion.usage");
+    let t0 = Instant::now();
+    let mut e = Command::new(&bin)
+        .args(["run", "--sandbox"])
+        .arg(r.join("sbx3"))
+        .args([
+            "--set",
+            &format!("kafka.bootstrap.servers={addr}"),
+            "--set",
+            "topic=bench-e2e",
+        ])
+        .args([
+            "--set",
+            &format!("spool_dir={}", r.join("spool3").display()),
+        ])
+        .args(["--set", &format!("companion_path={}", exe().display())])
+        .arg("--")
+        .arg("cat")
+        .arg(&input)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let run_u = wait_usage(&mut e, t0);
+    let comp3 = read_usage(&wrap_out);
+    let total_cpu = run_u.cpu + comp3.cpu;
+    println!("\n3. End to end: mesos-gelf run -- cat (1e6 lines) to Kafka");
+    println!("| lines/s {:.0} | CPU s / 1e6 lines, all processes: {:.2} (run+publisher+cat {:.2}, companion {:.2}) | peak RSS MB: run {:.1}, companion {:.1} |",
+        LINES as f64 / run_u.wall, total_cpu, run_u.cpu, comp3.cpu, run_u.rss_kb as f64 / 1024.0, comp3.rss_kb as f64 / 1024.0);
+
+    // 4. Latency from the child's write to the consumer's receipt (an upper
+    // bound of write -> delivery ack).
+    println!("\n4. Latency, child's write -> Kafka -> consumer (upper bound of write -> ack), ms");
+    println!("| offered lines/s | lines | p50 | p99 | max |");
+    println!("|---|---|---|---|---|");
+    for (rate, secs) in [(1_000u64, 3u64), (10_000, 3), (100_000, 2)] {
+        let topic = format!("bench-lat-{rate}");
+        let n = rate * secs;
+        let mut run = Command::new(&bin)
+            .args(["run", "--sandbox"])
+            .arg(r.join(format!("sbx-lat-{rate}")))
+            .args([
+                "--set",
+                &format!("kafka.bootstrap.servers={addr}"),
+                "--set",
+                &format!("topic={topic}"),
+            ])
+            .arg("--")
+            .arg(exe())
+            .args(["gen", &rate.to_string(), &n.to_string()])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let lat = consume_latency(&addr, &topic, n as usize);
+        run.wait().unwrap();
+        let q = |p: f64| lat[((lat.len() as f64 - 1.0) * p) as usize];
+        println!(
+            "| {rate} | {} | {:.1} | {:.1} | {:.1} |",
+            lat.len(),
+            q(0.5),
+            q(0.99),
+            lat[lat.len() - 1]
+        );
+    }
+
+    // 5. Scale: 100 containers x 1000 lines/s in one "agent" process.
+    let t0 = Instant::now();
+    let mut s = Command::new(exe())
+        .args(["scale", &addr])
+        .arg(r.join("scale"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut report = String::new();
+    std::io::Read::read_to_string(s.stdout.as_mut().unwrap(), &mut report).unwrap();
+    let su = wait_usage(&mut s, t0);
+    println!("\n5. Scale: 100 containers x 1000 lines/s for 10 s, one publisher");
+    println!("{}| agent process (publisher + 100 writer threads): CPU {:.2} s over {:.1} s wall ({:.1}% of a core), peak RSS {:.1} MB (target < 64 MB) |",
+        report, su.cpu, su.wall, su.cpu / su.wall * 100.0, su.rss_kb as f64 / 1024.0);
+}
+
+fn num_cpus() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+fn kernel() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| format!("Linux {}", s.trim()))
+        .unwrap_or_default()
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+}
+
+/// Writes `n` lines at `rate` per second, each carrying its write time.
+fn gen(rate: u64, n: u64) {
+    let out = std::io::stdout();
+    let mut out = out.lock();
+    let t0 = Instant::now();
+    let pad = "p".repeat(100);
+    for i in 0..n {
+        let due = Duration::from_micros(i * 1_000_000 / rate);
+        let el = t0.elapsed();
+        if due > el {
+            out.flush().unwrap();
+            std::thread::sleep(due - el);
+        }
+        writeln!(out, "t={} {pad}", now_us()).unwrap();
+        if rate <= 10_000 {
+            out.flush().unwrap();
+        }
+    }
+    out.flush().unwrap();
+}
+
+fn consume_latency(addr: &str, topic: &str, n: usize) -> Vec<f64> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .set("group.id", "bench")
+        .set("fetch.wait.max.ms", "5")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    // Wait for the topic (created by the first produce).
+    let t0 = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        if let Ok(md) = c.fetch_metadata(Some(topic), Duration::from_secs(5)) {
+            if md
+                .topics()
+                .first()
+                .is_some_and(|t| !t.partitions().is_empty())
+            {
+                break;
+            }
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "topic {topic} never appeared"
+        );
+    }
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(5))
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in md.topics()[0].partitions() {
+        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+            .unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    let mut lat = Vec::with_capacity(n);
+    let t0 = Instant::now();
+    while lat.len() < n && t0.elapsed() < Duration::from_secs(120) {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+            let now = now_us();
+            let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+            let s = v["short_message"].as_str().unwrap();
+            if let Some(t) = s
+                .strip_prefix("t=")
+                .and_then(|r| r.split(' ').next())
+                .and_then(|t| t.parse::<u64>().ok())
+            {
+                lat.push(now.saturating_sub(t) as f64 / 1000.0);
+            }
+        }
+    }
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    lat
+}
+
+/// A bare librdkafka producer with the publisher's settings, sending every
+/// line of `file` and waiting for every delivery.
+fn bare(addr: &str, topic: &str, file: &Path) {
+    let mut props = BTreeMap::new();
+    props.insert("bootstrap.servers".to_string(), addr.to_string());
+    let p: BaseProducer = client_config(&props).create().unwrap();
+    let f = std::io::BufReader::new(std::fs::File::open(file).unwrap());
+    for line in f.lines() {
+        let line = line.unwrap();
+        loop {
+            match p.send(
+                BaseRecord::<str, str>::to(topic)
+                    .key("bench")
+                    .payload(&line),
+            ) {
+                Ok(()) => break,
+                Err((_, _)) => {
+                    p.poll(Duration::from_millis(5));
+                }
+            }
+        }
+        p.poll(Duration::ZERO);
+    }
+    p.flush(Duration::from_secs(120)).unwrap();
+}
+
+/// Runs the real companion (same args and fds) and records its rusage in
+/// `<spool root>/companion.usage`.
+fn wrap_companion(args: &[String]) {
+    let spool = args
+        .iter()
+        .position(|a| a == "--spool")
+        .map(|i| PathBuf::from(&args[i + 1]))
+        .unwrap();
+    let out = spool.parent().unwrap().join("companion.usage");
+    let mut c = Command::new(support::bin());
+    c.args(args);
+    let t0 = Instant::now();
+    let mut child = unsafe { c.pre_exec(|| Ok(())) }.spawn().unwrap();
+    let u = wait_usage(&mut child, t0);
+    std::fs::write(out, format!("{} {} {}", u.wall, u.cpu, u.rss_kb)).unwrap();
+}
+
+fn read_usage(path: &Path) -> Usage {
+    let t0 = Instant::now();
+    while !path.exists() && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let s = std::fs::read_to_string(path).unwrap_or_default();
+    let v: Vec<f64> = s
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    if v.len() == 3 {
+        Usage {
+            wall: v[0],
+            cpu: v[1],
+            rss_kb: v[2] as i64,
+        }
+    } else {
+        Usage::default()
+    }
+}
+
+/// The agent in one process: 100 containers prepared, one publisher thread,
+/// 100 writer threads at 1000 lines/s each for 10 s.
+fn scale(addr: &str, root: &Path) {
+    let spool = root.join("spool");
+    let cfg = Config::from_pairs(&[
+        ("kafka.bootstrap.servers", addr),
+        ("topic", "bench-scale"),
+        ("spool_dir", spool.to_str().unwrap()),
+    ])
+    .unwrap();
+    let mut logger = Logger::new(cfg, support::bin()).unwrap();
+    logger.initialize(false).unwrap();
+    let mut handles = Vec::new();
+    for i in 0..100 {
+        let sbx = root.join(format!("sbx{i}"));
+        std::fs::create_dir_all(&sbx).unwrap();
+        let json = serde_json::json!({"directory": sbx.display().to_string()}).to_string();
+        let p = logger
+            .prepare(&format!("scale-{i:03}"), &json, None)
+            .unwrap();
+        let mut out = std::fs::File::from(p.stdout);
+        handles.push(std::thread::spawn(move || {
+            let t0 = Instant::now();
+            let line = format!("{}\n", "s".repeat(150));
+            let mut written = 0u64;
+            while t0.elapsed() < Duration::from_secs(10) {
+                let due = (t0.elapsed().as_millis() as u64 + 10) * 1000 / 1000;
+                while written < due {
+                    out.write_all(line.as_bytes()).unwrap();
+                    written += 1;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let rate = written as f64 / t0.elapsed().as_secs_f64();
+            drop(p.stderr);
+            rate
+        }));
+    }
+    let rates: Vec<f64> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let t0 = Instant::now();
+    while std::fs::read_dir(&spool)
+        .unwrap()
+        .flatten()
+        .any(|e| e.path().is_dir())
+        && t0.elapsed() < Duration::from_secs(60)
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let m = logger.publisher().unwrap().metrics.snapshot();
+    let min = rates.iter().cloned().fold(f64::MAX, f64::min);
+    println!(
+        "| writers' achieved rate: min {:.0} lines/s of 1000 offered | records published {} | drained {:.1} s after the writers stopped |",
+        min, m["records_published"], t0.elapsed().as_secs_f64()
+    );
+    drop(logger);
+}
