@@ -25,7 +25,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const LINES: usize = 1_000_000;
 
-/// CPU seconds, peak RSS (KB) and wall time of a finished child.
+/// CPU seconds, peak RSS (KB) and wall time of a finished command.
 #[derive(Clone, Copy, Default)]
 struct Usage {
     wall: f64,
@@ -33,21 +33,48 @@ struct Usage {
     rss_kb: i64,
 }
 
-fn wait_usage(child: &mut Child, t0: Instant) -> Usage {
-    let mut status = 0;
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    let pid = child.id() as i32;
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
-    assert_eq!(r, pid, "wait4");
-    assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "child failed: {status}"
+/// GNU time's report: wall, user, system seconds and peak RSS in KB. It
+/// forks the measured command from itself (a small process): forked from
+/// this bench, the child's peak RSS would count our pages before its exec.
+const TIME_FMT: &str = "%e %U %S %M";
+
+/// A command measured by /usr/bin/time into `out`.
+fn timed(out: &Path, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut c = Command::new("/usr/bin/time");
+    c.args(["-f", TIME_FMT, "-o"]).arg(out).arg(program);
+    c
+}
+
+fn wait_usage(child: &mut Child, out: &Path) -> Usage {
+    let st = child.wait().unwrap();
+    assert!(st.success(), "measured command failed: {st}");
+    read_usage(out)
+}
+
+fn read_usage(path: &Path) -> Usage {
+    let t0 = Instant::now();
+    while !path.exists() && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let s = std::fs::read_to_string(path).unwrap_or_default();
+    // The last line: time may put "Command exited with ..." before it.
+    let v: Vec<f64> = s
+        .lines()
+        .last()
+        .unwrap_or("")
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    assert_eq!(
+        v.len(),
+        4,
+        "unexpected /usr/bin/time output in {}: {s}",
+        path.display()
     );
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     Usage {
-        wall: t0.elapsed().as_secs_f64(),
-        cpu: tv(ru.ru_utime) + tv(ru.ru_stime),
-        rss_kb: ru.ru_maxrss,
+        wall: v[0],
+        cpu: v[1] + v[2],
+        rss_kb: v[3] as i64,
     }
 }
 
@@ -88,10 +115,11 @@ fn make_input(path: &Path) -> u64 {
             line.push_str(words[(k % words.len() as u64) as usize]);
             k = k.rotate_left(7) ^ 0x5555;
         }
-        while !line.is_char_boundary(len.min(line.len())) {
-            line.push('x');
+        let mut cut = len.min(line.len());
+        while !line.is_char_boundary(cut) {
+            cut -= 1;
         }
-        line.truncate(len);
+        line.truncate(cut);
         bytes += line.len() as u64 + 1;
         writeln!(w, "{line}").unwrap();
     }
@@ -108,9 +136,8 @@ fn write_meta(spool: &Path, sandbox: &Path, topic: &str) {
     std::fs::write(spool.join("meta.json"), meta.to_string()).unwrap();
 }
 
-/// `cat input | CMD` and the usage of CMD.
-fn through_pipe(input: &Path, cmd: &mut Command) -> Usage {
-    let t0 = Instant::now();
+/// `cat input | CMD` and the usage of CMD (a `timed` command writing `out`).
+fn through_pipe(input: &Path, cmd: &mut Command, out: &Path) -> Usage {
     let mut cat = Command::new("cat")
         .arg(input)
         .stdout(Stdio::piped())
@@ -120,7 +147,7 @@ fn through_pipe(input: &Path, cmd: &mut Command) -> Usage {
         .stdin(Stdio::from(cat.stdout.take().unwrap()))
         .spawn()
         .unwrap();
-    let u = wait_usage(&mut c, t0);
+    let u = wait_usage(&mut c, out);
     cat.wait().unwrap();
     u
 }
@@ -180,19 +207,13 @@ fn main() {
     );
 
     // 1. Companion vs tee / cat.
-    let cat_u = through_pipe(
-        &input,
-        Command::new("sh")
-            .arg("-c")
-            .arg(format!("cat > {}", r.join("cat.out").display())),
-    );
+    let u = r.join("usage");
+    let file = |n: &str| std::fs::File::create(r.join(n)).unwrap();
+    let cat_u = through_pipe(&input, timed(&u, "cat").stdout(file("cat.out")), &u);
     let tee_u = through_pipe(
         &input,
-        Command::new("sh").arg("-c").arg(format!(
-            "tee {} > {}",
-            r.join("tee1").display(),
-            r.join("tee2").display()
-        )),
+        timed(&u, "tee").arg(r.join("tee1")).stdout(file("tee2")),
+        &u,
     );
     let spool = r.join("spool1/bench");
     let sandbox = r.join("sbx1");
@@ -200,12 +221,13 @@ fn main() {
     write_meta(&spool, &sandbox, "bench-publisher");
     let comp_u = through_pipe(
         &input,
-        Command::new(&bin)
+        timed(&u, &bin)
             .args(["companion", "--spool"])
             .arg(&spool)
             .arg("--sandbox")
             .arg(&sandbox)
             .args(["--stdout-fd", "0", "--stderr-fd=-1"]),
+        &u,
     );
     print_table(
         "1. Companion: pipe -> sandbox file + spool (reference: the same bytes through a pipe into cat / tee)",
@@ -217,8 +239,7 @@ fn main() {
     // 2. Publisher vs a bare producer.
     let broker = support::Broker::start();
     let addr = broker.addr();
-    let t0 = Instant::now();
-    let mut p = Command::new(&bin)
+    let mut p = timed(&u, &bin)
         .args(["publish", "--spool-dir"])
         .arg(r.join("spool1"))
         .args([
@@ -229,7 +250,7 @@ fn main() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let pub_u = wait_usage(&mut p, t0);
+    let pub_u = wait_usage(&mut p, &u);
     // The same records, pre-encoded as GELF (stdout sink of `run`).
     let gelf = r.join("gelf.txt");
     let out = std::fs::File::create(&gelf).unwrap();
@@ -244,13 +265,12 @@ fn main() {
         .unwrap();
     assert!(st.success());
     let gelf_bytes = std::fs::metadata(&gelf).unwrap().len();
-    let t0 = Instant::now();
-    let mut b = Command::new(exe())
+    let mut b = timed(&u, exe())
         .args(["bare", &addr, "bench-bare"])
         .arg(&gelf)
         .spawn()
         .unwrap();
-    let bare_u = wait_usage(&mut b, t0);
+    let bare_u = wait_usage(&mut b, &u);
     print_table(
         "2. Publisher: spool -> GELF -> Kafka (reference: bare librdkafka producer, same settings, pre-encoded GELF)",
         &[row("bare producer (pre-encoded)", bare_u, LINES, gelf_bytes), row("mesos-gelf publish", pub_u, LINES, gelf_bytes)],
@@ -263,8 +283,7 @@ fn main() {
 
     // 3. End to end: run of a fast generator (cat), companion measured by a wrapper.
     let wrap_out = r.join("spool3/companion.usage");
-    let t0 = Instant::now();
-    let mut e = Command::new(&bin)
+    let mut e = timed(&u, &bin)
         .args(["run", "--sandbox"])
         .arg(r.join("sbx3"))
         .args([
@@ -284,7 +303,7 @@ fn main() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let run_u = wait_usage(&mut e, t0);
+    let run_u = wait_usage(&mut e, &u);
     let comp3 = read_usage(&wrap_out);
     let total_cpu = run_u.cpu + comp3.cpu;
     println!("\n3. End to end: mesos-gelf run -- cat (1e6 lines) to Kafka");
@@ -327,8 +346,7 @@ fn main() {
     }
 
     // 5. Scale: 100 containers x 1000 lines/s in one "agent" process.
-    let t0 = Instant::now();
-    let mut s = Command::new(exe())
+    let mut s = timed(&u, exe())
         .args(["scale", &addr])
         .arg(r.join("scale"))
         .stdout(Stdio::piped())
@@ -336,7 +354,7 @@ fn main() {
         .unwrap();
     let mut report = String::new();
     std::io::Read::read_to_string(s.stdout.as_mut().unwrap(), &mut report).unwrap();
-    let su = wait_usage(&mut s, t0);
+    let su = wait_usage(&mut s, &u);
     println!("\n5. Scale: 100 containers x 1000 lines/s for 10 s, one publisher");
     println!("{}| agent process (publisher + 100 writer threads): CPU {:.2} s over {:.1} s wall ({:.1}% of a core), peak RSS {:.1} MB (target < 64 MB) |",
         report, su.cpu, su.wall, su.cpu / su.wall * 100.0, su.rss_kb as f64 / 1024.0);
@@ -361,10 +379,15 @@ fn now_us() -> u64 {
         .as_micros() as u64
 }
 
-/// Writes `n` lines at `rate` per second, each carrying its write time.
+/// Writes `n` lines at `rate` per second, each carrying its write time,
+/// after a warm-up line and a pause (topic creation, connections and the
+/// consumer's start are not latency).
 fn gen(rate: u64, n: u64) {
     let out = std::io::stdout();
     let mut out = out.lock();
+    writeln!(out, "warm-up").unwrap();
+    out.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
     let t0 = Instant::now();
     let pad = "p".repeat(100);
     for i in 0..n {
@@ -463,8 +486,8 @@ fn bare(addr: &str, topic: &str, file: &Path) {
     p.flush(Duration::from_secs(120)).unwrap();
 }
 
-/// Runs the real companion (same args and fds) and records its rusage in
-/// `<spool root>/companion.usage`.
+/// Becomes `/usr/bin/time ... mesos-gelf companion ...` (same args and
+/// fds), recording the companion's usage in `<spool root>/companion.usage`.
 fn wrap_companion(args: &[String]) {
     let spool = args
         .iter()
@@ -472,33 +495,8 @@ fn wrap_companion(args: &[String]) {
         .map(|i| PathBuf::from(&args[i + 1]))
         .unwrap();
     let out = spool.parent().unwrap().join("companion.usage");
-    let mut c = Command::new(support::bin());
-    c.args(args);
-    let t0 = Instant::now();
-    let mut child = unsafe { c.pre_exec(|| Ok(())) }.spawn().unwrap();
-    let u = wait_usage(&mut child, t0);
-    std::fs::write(out, format!("{} {} {}", u.wall, u.cpu, u.rss_kb)).unwrap();
-}
-
-fn read_usage(path: &Path) -> Usage {
-    let t0 = Instant::now();
-    while !path.exists() && t0.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let s = std::fs::read_to_string(path).unwrap_or_default();
-    let v: Vec<f64> = s
-        .split_whitespace()
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    if v.len() == 3 {
-        Usage {
-            wall: v[0],
-            cpu: v[1],
-            rss_kb: v[2] as i64,
-        }
-    } else {
-        Usage::default()
-    }
+    let err = timed(&out, support::bin()).args(args).exec();
+    panic!("exec /usr/bin/time: {err}");
 }
 
 /// The agent in one process: 100 containers prepared, one publisher thread,

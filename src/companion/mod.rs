@@ -93,6 +93,23 @@ fn join_cgroup(procs: &Path) {
     let _ = std::fs::write(procs, format!("{}\n", std::process::id()));
 }
 
+/// Moves finished records into the spool writer's buffer (written at the
+/// next flush, which also happens once the buffer is large).
+fn hand_over(records: &mut Vec<Record>, writer: Option<&mut SpoolWriter>, summary: &mut Summary) {
+    summary.records += records.len() as u64;
+    match writer {
+        Some(w) => {
+            for r in records.drain(..) {
+                w.append(&r);
+            }
+            if w.pending_bytes() >= 256 * 1024 {
+                w.flush();
+            }
+        }
+        None => records.clear(),
+    }
+}
+
 /// Runs until both pipes reach EOF. Never returns an error: whatever fails
 /// downstream is counted and reported, and the pipes are drained regardless.
 pub fn run(args: &CompanionArgs) -> Summary {
@@ -204,6 +221,9 @@ pub fn run(args: &CompanionArgs) -> Summary {
                     summary.bytes += n as u64;
                     i.sandbox.write(chunk);
                     i.asm.feed(chunk, now_micros(), &mut records);
+                    // Per chunk, so a burst of short lines never piles up
+                    // as thousands of small allocations.
+                    hand_over(&mut records, writer.as_mut(), &mut summary);
                     if (n as usize) < buf.len() {
                         break;
                     }
@@ -230,19 +250,14 @@ pub fn run(args: &CompanionArgs) -> Summary {
         for i in inputs.iter_mut() {
             i.asm.tick(now, &mut records);
         }
-        summary.records += records.len() as u64;
+        hand_over(&mut records, writer.as_mut(), &mut summary);
         if let Some(w) = writer.as_mut() {
-            for r in records.drain(..) {
-                w.append(&r);
-            }
             w.flush();
             if let Some(n) = w.take_loss_notice(notice_seq + 1) {
                 notice_seq += 1;
                 w.append(&n);
                 w.flush();
             }
-        } else {
-            records.clear();
         }
     }
     summary.sandbox_lost_bytes = inputs.iter().map(|i| i.sandbox.lost_bytes).sum();

@@ -2,7 +2,7 @@
 //!
 //! Defaults chosen for logs, each overridable with `kafka.<property>`:
 //! idempotent producer with `acks=all` (no duplicates or reordering from
-//! client retries), lz4 compression, `linger.ms=20`, and
+//! client retries), lz4 compression, `linger.ms=5`, and
 //! `message.timeout.ms=0`: librdkafka retries a message until the broker takes
 //! it, however long the broker is away. The spool, not librdkafka's queue,
 //! holds the backlog: the publisher bounds what is in flight.
@@ -23,10 +23,10 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("enable.idempotence", "true"),
     ("acks", "all"),
     ("compression.type", "lz4"),
-    ("linger.ms", "20"),
+    ("linger.ms", "5"),
     ("message.timeout.ms", "0"),
     ("queue.buffering.max.messages", "200000"),
-    ("queue.buffering.max.kbytes", "65536"),
+    ("queue.buffering.max.kbytes", "32768"),
     ("socket.keepalive.enable", "true"),
     ("reconnect.backoff.max.ms", "5000"),
 ];

@@ -9,7 +9,9 @@ use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-const READ_CHUNK: usize = 256 * 1024;
+/// Read size. Kept small because the publisher holds one reader per
+/// container; the buffer is released whenever a reader has caught up.
+const READ_CHUNK: usize = 64 * 1024;
 
 /// What [`SpoolReader::read_next`] found.
 #[derive(Debug)]
@@ -143,6 +145,14 @@ impl SpoolReader {
         Ok(n)
     }
 
+    /// Frees the read buffer of a reader that has consumed all it read
+    /// (hundreds of idle containers must not each hold a chunk).
+    fn release_buffer(&mut self) {
+        self.pos.offset += self.start as u64;
+        self.start = 0;
+        self.buf = Vec::new();
+    }
+
     fn advance_segment(&mut self) {
         self.pos = Position {
             segment: self.pos.segment + 1,
@@ -207,6 +217,9 @@ impl SpoolReader {
                         continue;
                     }
                     if !moved_on {
+                        if have == 0 {
+                            self.release_buffer();
+                        }
                         return Ok(Next::Pending);
                     }
                     if have > 0 {
