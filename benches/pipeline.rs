@@ -7,7 +7,6 @@
 //! companion and records its rusage), `scale` (an in-process "agent").
 
 #[path = "../tests/support/mod.rs"]
-#[allow(dead_code)]
 mod support;
 
 use mesos_gelf_logger::config::Config;

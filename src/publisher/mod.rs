@@ -191,12 +191,10 @@ impl Publisher {
                 self.rebuild_sink(&f);
             }
             let progress = self.pump_all();
-            let wait = if progress || self.in_flight_msgs == 0 {
-                Duration::ZERO
-            } else {
-                Duration::from_millis(10)
-            };
-            self.sink.poll(wait, &mut deliveries);
+            // Never a blocking poll: rust-rdkafka's BaseProducer::poll spins
+            // on the clock until its timeout (seen at ~10% of a core while
+            // the broker was down). We wait on inotify below instead.
+            self.sink.poll(Duration::ZERO, &mut deliveries);
             for d in deliveries.drain(..) {
                 self.on_delivery(d);
             }
@@ -214,8 +212,15 @@ impl Publisher {
                 last_metrics = Instant::now();
                 self.write_metrics();
             }
-            let idle = !progress && self.in_flight_msgs == 0;
-            self.watcher.wait(if idle { 100 } else { 0 }, &mut events);
+            let wait_ms = match (progress, self.in_flight_msgs) {
+                (true, _) => 0,
+                (false, 0) => 100,
+                // Deliveries outstanding: look for them again soon (less
+                // often while the broker is unreachable).
+                (false, _) if self.healthy => 5,
+                (false, _) => 50,
+            };
+            self.watcher.wait(wait_ms, &mut events);
         }
         // Persist what was confirmed; the rest is sent again next time.
         let mut deliveries = Vec::new();
