@@ -14,6 +14,7 @@
 pub mod bridge;
 pub mod companion;
 pub mod config;
+pub mod forward;
 pub mod gelf;
 pub mod log;
 pub mod logger;

@@ -1,6 +1,7 @@
 //! Command-line front doors. Each builds the same pipeline objects as the
 //! agent module (`Config`, `Logger`, `Publisher`); none re-implements a step.
 
+mod forward;
 mod run;
 
 use clap::{Parser, Subcommand};
@@ -40,6 +41,8 @@ enum Cmd {
         #[arg(long)]
         until_empty: bool,
     },
+    /// Forward a Kafka topic to Graylog over GELF TCP/TLS/UDP.
+    Forward(forward::ForwardArgs),
     /// Own a container's pipes (started by prepare; not for people).
     #[command(hide = true)]
     Companion {
@@ -71,6 +74,25 @@ extern "C" fn on_signal(_: libc::c_int) {
     STOP.store(true, Ordering::Relaxed);
 }
 
+/// A flag set by SIGTERM or SIGINT (the handler only stores to an atomic; a
+/// watcher thread copies it into the returned flag).
+pub fn stop_on_signals() -> Arc<AtomicBool> {
+    for s in [libc::SIGTERM, libc::SIGINT] {
+        // SAFETY: the handler only stores to an atomic.
+        unsafe { libc::signal(s, on_signal as *const () as libc::sighandler_t) };
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    std::thread::spawn(move || loop {
+        if STOP.load(Ordering::Relaxed) {
+            flag.store(true, Ordering::Relaxed);
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    });
+    stop
+}
+
 fn publish(sets: &[String], spool_dir: Option<PathBuf>, until_empty: bool) -> Result<i32, String> {
     let mut config = config_from_sets(sets)?;
     if let Some(d) = spool_dir {
@@ -80,19 +102,7 @@ fn publish(sets: &[String], spool_dir: Option<PathBuf>, until_empty: bool) -> Re
         .spool_dir
         .clone()
         .unwrap_or_else(|| PathBuf::from(mesos_gelf_logger::logger::DEFAULT_SPOOL_DIR));
-    let stop = Arc::new(AtomicBool::new(false));
-    for s in [libc::SIGTERM, libc::SIGINT] {
-        // SAFETY: the handler only stores to an atomic.
-        unsafe { libc::signal(s, on_signal as *const () as libc::sighandler_t) };
-    }
-    let stop2 = stop.clone();
-    std::thread::spawn(move || loop {
-        if STOP.load(Ordering::Relaxed) {
-            stop2.store(true, Ordering::Relaxed);
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    });
+    let stop = stop_on_signals();
     let config = Arc::new(config);
     let mut p = Publisher::new(
         config.clone(),
@@ -117,6 +127,7 @@ pub fn main() -> i32 {
             spool_dir,
             until_empty,
         } => publish(&set, spool_dir, until_empty),
+        Cmd::Forward(a) => forward::forward(a),
         Cmd::Companion {
             spool,
             sandbox,

@@ -1,0 +1,256 @@
+//! Where the forwarder writes GELF: TCP (each message followed by a NUL
+//! byte, GELF's TCP framing), TLS (the same over TLS) or UDP (GELF chunking
+//! above the datagram size, optional gzip).
+
+use openssl::ssl::{SslConnector, SslFiletype, SslMethod, SslStream, SslVerifyMode};
+use std::io::{BufWriter, Write};
+use std::net::{TcpStream, ToSocketAddrs, UdpSocket};
+use std::time::Duration;
+
+/// A parsed `--to` address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Tcp(String),
+    Tls(String),
+    Udp(String),
+}
+
+impl Target {
+    pub fn parse(s: &str) -> Result<Target, String> {
+        let (scheme, rest) = s.split_once("://").ok_or_else(|| {
+            format!("--to `{s}`: expected tcp://HOST:PORT, tls://HOST:PORT or udp://HOST:PORT")
+        })?;
+        if rest
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .is_none()
+        {
+            return Err(format!("--to `{s}`: missing or bad port"));
+        }
+        match scheme {
+            "tcp" => Ok(Target::Tcp(rest.into())),
+            "tls" => Ok(Target::Tls(rest.into())),
+            "udp" => Ok(Target::Udp(rest.into())),
+            _ => Err(format!(
+                "--to `{s}`: unknown scheme `{scheme}` (tcp, tls or udp)"
+            )),
+        }
+    }
+}
+
+/// TLS options for `tls://`.
+#[derive(Debug, Clone, Default)]
+pub struct TlsOptions {
+    pub ca_file: Option<String>,
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+    /// Skip certificate verification (testing only).
+    pub insecure: bool,
+}
+
+/// UDP options.
+#[derive(Debug, Clone)]
+pub struct UdpOptions {
+    pub chunk_size: usize,
+    pub gzip: bool,
+}
+
+/// GELF's chunk header: magic (2), message id (8), sequence (1), count (1).
+const CHUNK_HEADER: usize = 12;
+/// GELF allows at most 128 chunks per message.
+pub const MAX_CHUNKS: usize = 128;
+
+/// Splits one message into GELF UDP chunks (or returns it whole if it fits).
+pub fn chunks(payload: &[u8], chunk_size: usize, id: [u8; 8]) -> Result<Vec<Vec<u8>>, String> {
+    if payload.len() <= chunk_size {
+        return Ok(vec![payload.to_vec()]);
+    }
+    let body = chunk_size - CHUNK_HEADER;
+    let n = payload.len().div_ceil(body);
+    if n > MAX_CHUNKS {
+        return Err(format!(
+            "{} bytes need {n} UDP chunks (GELF allows {MAX_CHUNKS})",
+            payload.len()
+        ));
+    }
+    Ok(payload
+        .chunks(body)
+        .enumerate()
+        .map(|(i, part)| {
+            let mut c = Vec::with_capacity(CHUNK_HEADER + part.len());
+            c.extend_from_slice(&[0x1e, 0x0f]);
+            c.extend_from_slice(&id);
+            c.push(i as u8);
+            c.push(n as u8);
+            c.extend_from_slice(part);
+            c
+        })
+        .collect())
+}
+
+enum Conn {
+    Tcp(BufWriter<TcpStream>),
+    Tls(Box<BufWriter<SslStream<TcpStream>>>),
+    Udp(UdpSocket),
+}
+
+/// A connected destination.
+pub struct Output {
+    conn: Conn,
+    udp: UdpOptions,
+    next_id: u64,
+}
+
+fn tcp_connect(addr: &str) -> Result<TcpStream, String> {
+    let mut last = format!("cannot resolve {addr}");
+    for a in addr.to_socket_addrs().map_err(|e| format!("{addr}: {e}"))? {
+        match TcpStream::connect_timeout(&a, Duration::from_secs(5)) {
+            Ok(s) => {
+                let _ = s.set_nodelay(true);
+                let _ = s.set_write_timeout(Some(Duration::from_secs(30)));
+                return Ok(s);
+            }
+            Err(e) => last = format!("connect {addr}: {e}"),
+        }
+    }
+    Err(last)
+}
+
+impl Output {
+    pub fn connect(target: &Target, tls: &TlsOptions, udp: &UdpOptions) -> Result<Output, String> {
+        let conn = match target {
+            Target::Tcp(a) => Conn::Tcp(BufWriter::with_capacity(256 * 1024, tcp_connect(a)?)),
+            Target::Tls(a) => {
+                let mut b = SslConnector::builder(SslMethod::tls()).map_err(|e| e.to_string())?;
+                if let Some(ca) = &tls.ca_file {
+                    b.set_ca_file(ca).map_err(|e| format!("TLS CA {ca}: {e}"))?;
+                }
+                if let Some(c) = &tls.cert_file {
+                    b.set_certificate_chain_file(c)
+                        .map_err(|e| format!("TLS certificate {c}: {e}"))?;
+                }
+                if let Some(k) = &tls.key_file {
+                    b.set_private_key_file(k, SslFiletype::PEM)
+                        .map_err(|e| format!("TLS key {k}: {e}"))?;
+                }
+                if tls.insecure {
+                    b.set_verify(SslVerifyMode::NONE);
+                }
+                let host = a.rsplit_once(':').map(|(h, _)| h).unwrap_or(a);
+                let s = b
+                    .build()
+                    .connect(host, tcp_connect(a)?)
+                    .map_err(|e| format!("TLS handshake with {a}: {e}"))?;
+                Conn::Tls(Box::new(BufWriter::with_capacity(256 * 1024, s)))
+            }
+            Target::Udp(a) => {
+                let sock = UdpSocket::bind(if a.starts_with('[') {
+                    "[::]:0"
+                } else {
+                    "0.0.0.0:0"
+                })
+                .map_err(|e| format!("udp socket: {e}"))?;
+                sock.connect(a).map_err(|e| format!("udp {a}: {e}"))?;
+                Conn::Udp(sock)
+            }
+        };
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as u64;
+        Ok(Output {
+            conn,
+            udp: udp.clone(),
+            next_id: seed ^ (std::process::id() as u64) << 32,
+        })
+    }
+
+    /// Queues one message. Err means the connection is gone.
+    /// For UDP, Ok(false) means the message cannot be sent (too many chunks).
+    pub fn send(&mut self, msg: &[u8]) -> Result<bool, String> {
+        match &mut self.conn {
+            Conn::Tcp(w) => w
+                .write_all(msg)
+                .and_then(|_| w.write_all(&[0]))
+                .map(|_| true)
+                .map_err(|e| e.to_string()),
+            Conn::Tls(w) => w
+                .write_all(msg)
+                .and_then(|_| w.write_all(&[0]))
+                .map(|_| true)
+                .map_err(|e| e.to_string()),
+            Conn::Udp(s) => {
+                let data = if self.udp.gzip {
+                    let mut z =
+                        flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                    z.write_all(msg).map_err(|e| e.to_string())?;
+                    z.finish().map_err(|e| e.to_string())?
+                } else {
+                    msg.to_vec()
+                };
+                self.next_id = self
+                    .next_id
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let parts = match chunks(&data, self.udp.chunk_size, self.next_id.to_be_bytes()) {
+                    Ok(p) => p,
+                    Err(_) => return Ok(false),
+                };
+                for p in parts {
+                    s.send(&p).map_err(|e| e.to_string())?;
+                }
+                Ok(true)
+            }
+        }
+    }
+
+    /// Pushes everything queued to the socket. Only after this succeeds may
+    /// the messages' offsets be committed.
+    pub fn flush(&mut self) -> Result<(), String> {
+        match &mut self.conn {
+            Conn::Tcp(w) => w.flush().map_err(|e| e.to_string()),
+            Conn::Tls(w) => w.flush().map_err(|e| e.to_string()),
+            Conn::Udp(_) => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_parse() {
+        assert_eq!(
+            Target::parse("tcp://g:12201").unwrap(),
+            Target::Tcp("g:12201".into())
+        );
+        assert_eq!(
+            Target::parse("udp://[::1]:12201").unwrap(),
+            Target::Udp("[::1]:12201".into())
+        );
+        assert!(Target::parse("http://g:1").is_err());
+        assert!(Target::parse("tcp://g").is_err());
+    }
+
+    #[test]
+    fn chunking_follows_gelf() {
+        let msg = vec![7u8; 5000];
+        let c = chunks(&msg, 1420, *b"abcdefgh").unwrap();
+        assert_eq!(c.len(), 4);
+        for (i, ch) in c.iter().enumerate() {
+            assert_eq!(&ch[..2], &[0x1e, 0x0f]);
+            assert_eq!(&ch[2..10], b"abcdefgh");
+            assert_eq!(ch[10] as usize, i);
+            assert_eq!(ch[11], 4);
+            assert!(ch.len() <= 1420);
+        }
+        let joined: Vec<u8> = c.iter().flat_map(|ch| ch[12..].to_vec()).collect();
+        assert_eq!(joined, msg);
+        assert!(chunks(&vec![0u8; 200_000], 1420, [0; 8]).is_err());
+        assert_eq!(
+            chunks(b"small", 1420, [0; 8]).unwrap(),
+            vec![b"small".to_vec()]
+        );
+    }
+}
