@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Prints the benchmark table (README "Performance"): installs the broker if
+# needed, then `cargo bench`. Takes about two minutes on 2 cores.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TANSU_BIN=$(scripts/setup.sh | tail -n 1)
+export TANSU_BIN
+cargo bench --bench pipeline
