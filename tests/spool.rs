@@ -10,7 +10,6 @@ use mesos_gelf_logger::spool::{
     list_segments, segment_path, ContainerMeta, Next, Position, Record, SpoolReader, SpoolWriter,
 };
 use std::io::Write;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 
 fn rec(seq: u64, payload: &[u8]) -> Record {
@@ -191,45 +190,6 @@ fn spool_cap_drops_oldest_without_blocking_and_reports_it() {
     );
 }
 
-/// Starts the real companion on two fresh pipes; returns the write ends.
-fn start_companion(
-    spool: &Path,
-    sandbox: &Path,
-) -> (std::fs::File, std::fs::File, std::process::Child) {
-    let mut fds = [0; 2];
-    let mut efds = [0; 2];
-    unsafe {
-        assert_eq!(libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC), 0);
-        assert_eq!(libc::pipe2(efds.as_mut_ptr(), libc::O_CLOEXEC), 0);
-    }
-    let (r1, r2) = (fds[0], efds[0]);
-    let mut cmd = std::process::Command::new(support::bin());
-    cmd.args(["companion", "--spool"])
-        .arg(spool)
-        .arg("--sandbox")
-        .arg(sandbox);
-    unsafe {
-        cmd.pre_exec(move || {
-            libc::dup2(r1, 3);
-            libc::dup2(r2, 4);
-            Ok(())
-        });
-    }
-    let child = cmd.spawn().unwrap();
-    unsafe {
-        libc::close(r1);
-        libc::close(r2);
-    }
-    use std::os::fd::FromRawFd;
-    unsafe {
-        (
-            std::fs::File::from_raw_fd(fds[1]),
-            std::fs::File::from_raw_fd(efds[1]),
-            child,
-        )
-    }
-}
-
 #[test]
 fn companion_never_blocks_on_a_full_spool_and_reports_drops() {
     let root = tempfile::tempdir().unwrap();
@@ -251,7 +211,7 @@ fn companion_never_blocks_on_a_full_spool_and_reports_drops() {
     }
     .store(&spool)
     .unwrap();
-    let (mut out, err, mut child) = start_companion(&spool, &sandbox);
+    let (mut out, err, mut child) = support::start_companion(&spool, &sandbox);
     drop(err);
     // Nobody reads the spool. 10 MB must still go through at once.
     let t0 = std::time::Instant::now();

@@ -181,6 +181,7 @@ pub fn run(args: &CompanionArgs) -> Summary {
         });
     }
     let mut summary = Summary::default();
+    let mut sandbox_reported = 0u64;
     let mut buf = vec![0u8; 64 * 1024];
     let mut records: Vec<Record> = Vec::with_capacity(1024);
     while inputs.iter().any(|i| i.open) {
@@ -251,6 +252,29 @@ pub fn run(args: &CompanionArgs) -> Summary {
             i.asm.tick(now, &mut records);
         }
         hand_over(&mut records, writer.as_mut(), &mut summary);
+        let sandbox_lost: u64 = inputs.iter().map(|i| i.sandbox.lost_bytes).sum();
+        if sandbox_lost > sandbox_reported {
+            if let Some(w) = writer.as_mut() {
+                let why = inputs
+                    .iter()
+                    .find_map(|i| i.sandbox.last_error.clone())
+                    .unwrap_or_default();
+                notice_seq += 1;
+                w.append(&Record {
+                    stream: Stream::Notice,
+                    flags: 0,
+                    part: 0,
+                    seq: notice_seq,
+                    ts_micros: now_micros(),
+                    payload: format!(
+                        "mesos-gelf could not write {} bytes to the sandbox files ({why}); those lines are still shipped; totals so far: sandbox_lost_bytes={sandbox_lost}",
+                        sandbox_lost - sandbox_reported
+                    )
+                    .into_bytes(),
+                });
+            }
+            sandbox_reported = sandbox_lost;
+        }
         if let Some(w) = writer.as_mut() {
             w.flush();
             if let Some(n) = w.take_loss_notice(notice_seq + 1) {
@@ -265,7 +289,7 @@ pub fn run(args: &CompanionArgs) -> Summary {
         summary.spool_losses = w.losses;
         let _ = w.finish();
     } else {
-        let _ = crate::spool::write_atomic(&args.spool, crate::spool::DONE_FILE, b"done\n");
+        let _ = crate::spool::mark_done(&args.spool);
     }
     summary
 }

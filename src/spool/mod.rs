@@ -8,7 +8,7 @@
 //!     meta.json              identity + settings; written by prepare() before the companion starts
 //!     seg-<20 digits>.spool  segments, numbered from 1, append-only, one writer
 //!     checkpoint             the publisher's resume position (atomic rename)
-//!     done                   written by the companion after its last record
+//!     done                   empty marker: the companion wrote its last record
 //! ```
 //!
 //! The container key is the container id (`parent.child` for nested ones),
@@ -58,6 +58,7 @@ pub use reader::{Next, SpoolReader};
 pub use record::{Record, Stream};
 pub use writer::SpoolWriter;
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 pub const MAGIC: &[u8; 8] = b"MGSPOOL1";
@@ -99,6 +100,18 @@ pub fn list_segments(dir: &Path) -> std::io::Result<Vec<u64>> {
     }
     out.sort_unstable();
     Ok(out)
+}
+
+/// Creates the empty `done` marker. Empty on purpose: it needs no data
+/// blocks, so it can be written even when the spool's filesystem is full.
+pub fn mark_done(dir: &Path) -> std::io::Result<()> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        .open(dir.join(DONE_FILE))
+        .map(|_| ())
 }
 
 /// Writes `data` to `dir/name` atomically (temporary file, fsync, rename).

@@ -7,7 +7,7 @@
 //! the reader instead of hiding later frames.
 
 use super::record::{Record, Stream};
-use super::{list_segments, segment_path, DONE_FILE, MAGIC};
+use super::{list_segments, segment_path, MAGIC};
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -83,12 +83,17 @@ impl SpoolWriter {
     fn new_segment(&mut self) -> std::io::Result<()> {
         let index = self.next_index;
         self.next_index += 1;
+        let path = segment_path(&self.dir, index);
         let mut f = OpenOptions::new()
             .append(true)
             .create_new(true)
             .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
-            .open(segment_path(&self.dir, index))?;
-        f.write_all(MAGIC)?;
+            .open(&path)?;
+        if let Err(e) = f.write_all(MAGIC) {
+            // Disk full: leave no empty segment behind for every attempt.
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
         self.file = Some(f);
         self.segments.push_back(Segment {
             index,
@@ -207,7 +212,7 @@ impl SpoolWriter {
         if let Some(f) = self.file.take() {
             let _ = f.sync_data();
         }
-        super::write_atomic(&self.dir, DONE_FILE, b"done\n")?;
+        super::mark_done(&self.dir)?;
         Ok(self.losses)
     }
 }

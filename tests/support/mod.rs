@@ -6,6 +6,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde_json::Value;
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -265,4 +266,47 @@ pub fn consume(addr: &str, topic: &str, want: usize, timeout: Duration) -> Vec<C
         }
     }
     out
+}
+
+/// Starts the real companion on two fresh pipes; returns the write ends.
+pub fn start_companion(
+    spool: &Path,
+    sandbox: &Path,
+) -> (std::fs::File, std::fs::File, std::process::Child) {
+    let mut fds = [0; 2];
+    let mut efds = [0; 2];
+    unsafe {
+        assert_eq!(libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC), 0);
+        assert_eq!(libc::pipe2(efds.as_mut_ptr(), libc::O_CLOEXEC), 0);
+    }
+    let (r1, r2) = (fds[0], efds[0]);
+    let mut cmd = std::process::Command::new(bin());
+    cmd.args(["companion", "--spool"])
+        .arg(spool)
+        .arg("--sandbox")
+        .arg(sandbox);
+    unsafe {
+        cmd.pre_exec(move || {
+            // As Logger::spawn_companion: move both read ends out of the way
+            // first; dup2(3, 3) would keep close-on-exec set.
+            let a = libc::fcntl(r1, libc::F_DUPFD, 10);
+            let b = libc::fcntl(r2, libc::F_DUPFD, 10);
+            libc::dup2(a, 3);
+            libc::dup2(b, 4);
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().unwrap();
+    unsafe {
+        libc::close(r1);
+        libc::close(r2);
+    }
+    use std::os::fd::FromRawFd;
+    unsafe {
+        (
+            std::fs::File::from_raw_fd(fds[1]),
+            std::fs::File::from_raw_fd(efds[1]),
+            child,
+        )
+    }
 }
