@@ -422,3 +422,51 @@ fn metrics_file_reports_what_was_published() {
     assert_eq!(m["in_flight"], 0);
     assert!(m["bytes_published"].as_u64().unwrap() > 100_000);
 }
+
+#[test]
+fn a_message_larger_than_kafka_accepts_is_truncated_with_a_marker_not_retried_forever() {
+    let broker = Broker::start();
+    let d = tempfile::tempdir().unwrap();
+    // librdkafka refuses anything over 4 KB; the line is 20 KB.
+    let out = Command::new(bin())
+        .args(["run", "--sandbox"])
+        .arg(d.path())
+        .args([
+            "--set",
+            &format!("kafka.bootstrap.servers={}", broker.addr()),
+            "--set",
+            "topic=big",
+        ])
+        .args([
+            "--set",
+            "kafka.message.max.bytes=4096",
+            "--container-id",
+            "c-big",
+        ])
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "head -c 20000 /dev/zero | tr '\\0' y; echo; echo small",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let msgs = consume(&broker.addr(), "big", 2, Duration::from_secs(60));
+    assert_eq!(msgs.len(), 2);
+    let big = msgs[0].json();
+    assert!(msgs[0].payload.len() <= 4096);
+    assert_eq!(big["_truncated"], true);
+    assert_eq!(big["_original_bytes"], 20000);
+    assert!(big["short_message"].as_str().unwrap().starts_with("yyyy"));
+    assert_eq!(msgs[1].json()["short_message"], "small");
+    assert_eq!(
+        std::fs::metadata(d.path().join("stdout")).unwrap().len(),
+        20007,
+        "the sandbox keeps the whole line"
+    );
+}

@@ -7,16 +7,17 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn cdylib() -> PathBuf {
-    // target/<profile>/deps/<this test> → target/<profile>/libmesos_gelf_logger.so
+    // `cargo test` builds the cdylib next to this test in target/<profile>/deps;
+    // `cargo build` also copies it to target/<profile>.
     let exe = std::env::current_exe().unwrap();
-    let p = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("libmesos_gelf_logger.so");
-    assert!(p.exists(), "{} missing", p.display());
-    p
+    let deps = exe.parent().unwrap();
+    [
+        deps.join("libmesos_gelf_logger.so"),
+        deps.parent().unwrap().join("libmesos_gelf_logger.so"),
+    ]
+    .into_iter()
+    .find(|p| p.exists())
+    .unwrap_or_else(|| panic!("libmesos_gelf_logger.so not found near {}", deps.display()))
 }
 
 #[repr(C)]
