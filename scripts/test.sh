@@ -8,4 +8,13 @@ TANSU_BIN=$(scripts/setup.sh | tail -n 1)
 export TANSU_BIN
 cargo fmt --all -- --check
 cargo clippy --release --all-targets -- -D warnings
-cargo test --release -- --test-threads=2
+log=$(mktemp)
+set +e
+cargo test --release -- --test-threads=2 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole run (cargo prints one per test binary).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "%d passed, %d failed\n", p, f }' "$log"
+rm -f "$log"
+exit "$status"
