@@ -109,6 +109,8 @@ pub struct Config {
     pub max_in_flight_bytes: usize,
     pub max_message_bytes: usize,
     pub metrics_interval_ms: u64,
+    /// Run each companion as its container's user (when we are root).
+    pub drop_privileges: bool,
     pub defaults: ContainerSettings,
 }
 
@@ -135,6 +137,7 @@ pub const PARAMETERS: &[(&str, &str, &str)] = &[
     ("companion_path", "mesos-gelf next to the library / the running binary", "The mesos-gelf binary started as companion."),
     ("systemd_slice", "mesos_executors.slice", "cgroup the companion moves to when the host runs systemd, so an agent restart does not kill it."),
     ("cgroups_hierarchy", "/sys/fs/cgroup", "Where cgroups are mounted (as the agent's --cgroups_hierarchy)."),
+    ("drop_privileges", "true (module); false (run)", "Run each companion as ContainerConfig.user (when the agent is root); an unknown user keeps the agent's user, with a warning."),
     ("max_in_flight_bytes", "8MB", "Publisher bound on encoded bytes handed to the sink but not yet acknowledged."),
     ("max_message_bytes", "900000", "Largest GELF message produced; larger ones are truncated with _truncated=true."),
     ("metrics_interval_ms", "10000", "How often the publisher writes <spool_dir>/metrics.json and logs a summary."),
@@ -390,6 +393,7 @@ impl Config {
             max_in_flight_bytes: 8 << 20,
             max_message_bytes: 900_000,
             metrics_interval_ms: 10_000,
+            drop_privileges: true,
             defaults: ContainerSettings::default(),
         };
         for (k, v) in pairs {
@@ -449,6 +453,7 @@ impl Config {
                     c.systemd_slice = v.to_string();
                 }
                 "cgroups_hierarchy" => c.cgroups_hierarchy = PathBuf::from(value.trim()),
+                "drop_privileges" => c.drop_privileges = parse_bool(value).map_err(|m| err(key, m))?,
                 "max_in_flight_bytes" => {
                     let n = parse_size(value).map_err(|m| err(key, m))?;
                     if n < 64 * 1024 {

@@ -19,5 +19,6 @@ pub mod gelf;
 pub mod log;
 pub mod logger;
 pub mod metadata;
+pub mod privileges;
 pub mod publisher;
 pub mod spool;

@@ -9,6 +9,7 @@
 use crate::config::Config;
 use crate::log;
 use crate::metadata;
+use crate::privileges::RunAs;
 use crate::publisher::Handle;
 use crate::spool::{container_key, ContainerMeta};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
@@ -105,7 +106,9 @@ impl Logger {
         self.publisher.as_ref()
     }
 
-    /// Creates the spool root (mode 0700) and starts the publisher thread.
+    /// Creates the spool root (mode 0711: companions running as their
+    /// container's user must reach their own `data/`, nobody may list it)
+    /// and starts the publisher thread.
     pub fn initialize(&mut self, exit_when_empty: bool) -> Result<(), String> {
         std::fs::create_dir_all(&self.spool_dir).map_err(|e| {
             format!(
@@ -114,7 +117,7 @@ impl Logger {
             )
         })?;
         use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(&self.spool_dir, std::fs::Permissions::from_mode(0o700));
+        let _ = std::fs::set_permissions(&self.spool_dir, std::fs::Permissions::from_mode(0o711));
         if self.publisher.is_none() {
             self.publisher = Some(Handle::spawn(
                 self.config.clone(),
@@ -161,11 +164,15 @@ impl Logger {
                 sandbox_dir.display()
             ));
         }
+        let run_as = self.run_as(identity.user.as_deref(), &mut warnings);
         let key = container_key(container_id);
         let dir = self.spool_dir.join(&key);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| format!("cannot create spool {}: {e}", dir.display()))?;
-        let meta = ContainerMeta { identity, settings };
+        make_spool_dirs(&dir, run_as.as_ref())?;
+        let meta = ContainerMeta {
+            identity,
+            settings,
+            run_as,
+        };
         meta.store(&dir)
             .map_err(|e| format!("cannot write {}/meta.json: {e}", dir.display()))?;
 
@@ -182,6 +189,22 @@ impl Logger {
             spool: dir,
             warnings,
         })
+    }
+
+    /// The user the companion should run as, if we are root and asked to.
+    fn run_as(&self, user: Option<&str>, warnings: &mut Vec<String>) -> Option<RunAs> {
+        // SAFETY: geteuid cannot fail.
+        if !self.config.drop_privileges || unsafe { libc::geteuid() } != 0 {
+            return None;
+        }
+        let user = user.filter(|u| !u.is_empty() && *u != "root")?;
+        match crate::privileges::lookup(user) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                warnings.push(format!("{e}: its companion runs as the agent's user"));
+                None
+            }
+        }
     }
 
     /// Starts `mesos-gelf companion` detached: own session, reparented to
@@ -255,6 +278,23 @@ impl Logger {
         let _ = child.wait();
         Ok(())
     }
+}
+
+/// `<key>/` (root, 0711, holds meta.json) and `<key>/data/` (the companion's
+/// user, 0700): the task can write its spool but not its identity.
+fn make_spool_dirs(dir: &Path, run_as: Option<&RunAs>) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let data = crate::spool::data_dir(dir);
+    std::fs::create_dir_all(&data)
+        .map_err(|e| format!("cannot create spool {}: {e}", data.display()))?;
+    let mode = |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m));
+    mode(dir, 0o711).map_err(|e| format!("chmod {}: {e}", dir.display()))?;
+    mode(&data, 0o700).map_err(|e| format!("chmod {}: {e}", data.display()))?;
+    if let Some(r) = run_as {
+        std::os::unix::fs::chown(&data, Some(r.uid), Some(r.gid))
+            .map_err(|e| format!("chown {} to {}: {e}", data.display(), r.user))?;
+    }
+    Ok(())
 }
 
 impl Drop for Logger {

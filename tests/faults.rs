@@ -78,6 +78,7 @@ fn meta(spool: &Path, sandbox: &Path) {
             spool_segment_size: 64 * 1024,
             ..Default::default()
         },
+        run_as: None,
     }
     .store(spool)
     .unwrap();
@@ -91,7 +92,7 @@ fn lines(from: u64, to: u64) -> String {
 
 fn wait_done(spool: &Path) {
     let t0 = Instant::now();
-    while !spool.join("done").exists() {
+    while !spool.join("data/done").exists() {
         assert!(
             t0.elapsed() < Duration::from_secs(30),
             "companion did not finish"
@@ -137,7 +138,7 @@ fn spool_filesystem_full_sandbox_still_written_container_never_blocks_loss_repor
         lines(1, 50_010).as_bytes(),
         "the sandbox has every byte"
     );
-    let recs = read_all(&spool);
+    let recs = read_all(&spool.join("data"));
     let data: Vec<&Record> = recs.iter().filter(|r| r.stream == Stream::Stdout).collect();
     let notice = recs
         .iter()
@@ -191,7 +192,7 @@ fn sandbox_filesystem_full_spool_still_written_container_never_blocks_loss_repor
     drop(out);
     assert!(child.wait().unwrap().success());
     wait_done(&spool);
-    let recs = read_all(&spool);
+    let recs = read_all(&spool.join("data"));
     let data = recs.iter().filter(|r| r.stream == Stream::Stdout).count();
     assert_eq!(data, 50_000, "every line is spooled (and shipped)");
     let notice = recs

@@ -23,6 +23,12 @@ fn localized_fixture(fixture: &Path, root: &Path, out: &Path) -> (PathBuf, Strin
     let dir = v["directory"].as_str().unwrap().to_string();
     let local = root.join(dir.trim_start_matches('/'));
     std::fs::create_dir_all(&local).unwrap();
+    // As the agent does: the sandbox belongs to the task's user.
+    if let Some(user) = v["user"].as_str() {
+        if let Ok(r) = mesos_gelf_logger::privileges::lookup(user) {
+            std::os::unix::fs::chown(&local, Some(r.uid), Some(r.gid)).unwrap();
+        }
+    }
     v["directory"] = Value::String(local.display().to_string());
     std::fs::write(out, v.to_string()).unwrap();
     (local, dir)
@@ -42,8 +48,12 @@ fn wait_spool_empty(spool: &Path, limit: Duration) {
 
 #[test]
 fn cpp_driver_prepares_each_fixture_like_the_shim() {
+    use std::os::unix::fs::PermissionsExt;
     let broker = Broker::start();
     let d = tempfile::tempdir().unwrap();
+    // Companions run as the fixtures' users (nobody, www-data): they must be
+    // able to reach their sandbox and spool, as on an agent.
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let spool = d.path().join("spool");
     let mut spec = format!(
         "param\tkafka.bootstrap.servers\t{}\nparam\ttopic\tshim\nparam\tspool_dir\t{}\nparam\tcompanion_path\t{}\n",
@@ -368,7 +378,7 @@ fn fd_hygiene_companion_holds_only_read_ends_and_eof_arrives() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(spool.join("fd-check/done").exists());
+    assert!(spool.join("fd-check/data/done").exists());
 }
 
 #[test]
@@ -402,12 +412,140 @@ fn companion_ignores_the_signals_of_a_dying_agent() {
     drop(out);
     drop(p.stderr);
     let t0 = Instant::now();
-    while !spool.join("sig-check/done").exists() {
+    while !spool.join("sig-check/data/done").exists() {
         assert!(t0.elapsed() < Duration::from_secs(10));
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(
         std::fs::read_to_string(sbx.join("stdout")).unwrap(),
         "one\ntwo\n"
+    );
+}
+
+fn uid_of(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn wait_uid(pid: u32, want: u32) -> bool {
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(5) {
+        if uid_of(pid) == Some(want) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+#[test]
+fn companion_runs_as_the_containers_user_and_cannot_alter_its_identity() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "this test needs root, as the agent (and CI) has"
+    );
+    let nobody = mesos_gelf_logger::privileges::lookup("nobody").unwrap();
+    let d = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let spool = d.path().join("spool");
+    let sbx = d.path().join("sbx");
+    std::fs::create_dir_all(&sbx).unwrap();
+    // Mesos hands the sandbox to the task's user.
+    std::os::unix::fs::chown(&sbx, Some(nobody.uid), Some(nobody.gid)).unwrap();
+    let mut logger = Logger::new(module_config("127.0.0.1:9", &spool, "t"), bin()).unwrap();
+    logger.initialize(false).unwrap();
+    let json =
+        serde_json::json!({"directory": sbx.display().to_string(), "user": "nobody"}).to_string();
+    let p = logger.prepare("priv-check", &json, None).unwrap();
+    let pid = find_companion(&p.spool).expect("companion");
+    assert!(
+        wait_uid(pid, nobody.uid),
+        "companion uid {:?}, want {}",
+        uid_of(pid),
+        nobody.uid
+    );
+    let mut out = std::fs::File::from(p.stdout);
+    writeln!(out, "hello from nobody").unwrap();
+    drop(out);
+    drop(p.stderr);
+    let data = spool.join("priv-check/data");
+    let t0 = Instant::now();
+    while std::fs::read_to_string(sbx.join("stdout"))
+        .unwrap_or_default()
+        .is_empty()
+        || !(data.join("done").exists() || !data.exists())
+    {
+        assert!(t0.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let f = std::fs::metadata(sbx.join("stdout")).unwrap();
+    assert_eq!(
+        f.uid(),
+        nobody.uid,
+        "sandbox files belong to the task's user"
+    );
+    assert_eq!(
+        std::fs::read_to_string(sbx.join("stdout")).unwrap(),
+        "hello from nobody\n"
+    );
+    let key = std::fs::metadata(spool.join("priv-check")).unwrap();
+    assert_eq!(
+        (key.uid(), key.mode() & 0o777),
+        (0, 0o711),
+        "identity dir: root, enter-only"
+    );
+    assert_eq!(std::fs::metadata(&spool).unwrap().mode() & 0o777, 0o711);
+    let meta = std::fs::metadata(spool.join("priv-check/meta.json")).unwrap();
+    assert_eq!(
+        meta.uid(),
+        0,
+        "meta.json is root's: the task cannot alter it"
+    );
+    if let Ok(m) = std::fs::metadata(&data) {
+        assert_eq!(
+            (m.uid(), m.mode() & 0o777),
+            (nobody.uid, 0o700),
+            "data/: the task's user only"
+        );
+    }
+    drop(logger);
+}
+
+#[test]
+fn a_user_unknown_on_the_host_keeps_the_agents_user_with_a_warning() {
+    let d = tempfile::tempdir().unwrap();
+    let spool = d.path().join("spool");
+    let sbx = d.path().join("sbx");
+    std::fs::create_dir_all(&sbx).unwrap();
+    let logger = Logger::new(module_config("127.0.0.1:9", &spool, "t"), bin()).unwrap();
+    let json = serde_json::json!({"directory": sbx.display().to_string(), "user": "no-such-user-mesos-gelf"}).to_string();
+    let p = logger.prepare("unknown-user", &json, None).unwrap();
+    assert!(
+        p.warnings
+            .iter()
+            .any(|w| w.contains("does not exist") && w.contains("agent's user")),
+        "{:?}",
+        p.warnings
+    );
+    let mut out = std::fs::File::from(p.stdout);
+    writeln!(out, "still logged").unwrap();
+    drop(out);
+    drop(p.stderr);
+    let t0 = Instant::now();
+    while !spool.join("unknown-user/data/done").exists() {
+        assert!(t0.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        std::fs::read_to_string(sbx.join("stdout")).unwrap(),
+        "still logged\n"
     );
 }

@@ -208,6 +208,7 @@ fn companion_never_blocks_on_a_full_spool_and_reports_drops() {
             ..Default::default()
         },
         settings,
+        run_as: None,
     }
     .store(&spool)
     .unwrap();
@@ -227,7 +228,7 @@ fn companion_never_blocks_on_a_full_spool_and_reports_drops() {
         std::fs::metadata(sandbox.join("stdout")).unwrap().len(),
         10_000_000
     );
-    let (recs, _, finished) = read_all(&spool);
+    let (recs, _, finished) = read_all(&spool.join("data"));
     assert!(finished);
     let notices: Vec<String> = recs
         .iter()

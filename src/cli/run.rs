@@ -27,6 +27,14 @@ pub struct RunArgs {
 
 pub fn run(a: RunArgs) -> Result<i32, String> {
     let mut config = super::config_from_sets(&a.set)?;
+    // A local tool: the sandbox is yours, whatever user the config names.
+    if !a
+        .set
+        .iter()
+        .any(|s| s.trim_start().starts_with("drop_privileges="))
+    {
+        config.drop_privileges = false;
+    }
     // A private spool unless one is given: run publishes only its container.
     let _tmp;
     if config.spool_dir.is_none() {

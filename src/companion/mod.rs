@@ -117,10 +117,25 @@ pub fn run(args: &CompanionArgs) -> Summary {
         join_cgroup(p);
     }
     let meta = ContainerMeta::load(&args.spool);
-    let (settings, meta_error) = match &meta {
+    let (settings, mut meta_error) = match &meta {
         Ok(m) => (m.settings.clone(), None),
-        Err(e) => (crate::config::ContainerSettings::default(), Some(e.clone())),
+        Err(e) => (
+            crate::config::ContainerSettings::default(),
+            Some(format!(
+                "started without its metadata ({e}); using defaults"
+            )),
+        ),
     };
+    // Before anything in the sandbox or the spool is opened.
+    if let Some(r) = meta.as_ref().ok().and_then(|m| m.run_as.as_ref()) {
+        if let Err(e) = crate::privileges::drop_to(r) {
+            meta_error = Some(format!(
+                "cannot run as {} ({e}), running as the agent's user",
+                r.user
+            ));
+        }
+    }
+    let data = crate::spool::data_dir(&args.spool);
     let multiline = settings.multiline_start.as_deref().and_then(|re| {
         regex::bytes::Regex::new(re).ok().map(|r| {
             (
@@ -134,7 +149,7 @@ pub fn run(args: &CompanionArgs) -> Summary {
         None
     } else {
         SpoolWriter::open(
-            &args.spool,
+            &data,
             settings.effective_segment_size(),
             settings.spool_max_size,
         )
@@ -174,10 +189,7 @@ pub fn run(args: &CompanionArgs) -> Summary {
             part: 0,
             seq: notice_seq,
             ts_micros: now_micros(),
-            payload: format!(
-                "mesos-gelf companion started without its metadata ({e}); using defaults"
-            )
-            .into_bytes(),
+            payload: format!("mesos-gelf companion: {e}").into_bytes(),
         });
     }
     let mut summary = Summary::default();
@@ -289,7 +301,7 @@ pub fn run(args: &CompanionArgs) -> Summary {
         summary.spool_losses = w.losses;
         let _ = w.finish();
     } else {
-        let _ = crate::spool::mark_done(&args.spool);
+        let _ = crate::spool::mark_done(&data);
     }
     summary
 }

@@ -284,8 +284,9 @@ impl Publisher {
         let meta = match ContainerMeta::load(&dir) {
             Ok(m) => m,
             Err(e) => {
-                let has_data = dir.join(crate::spool::DONE_FILE).exists()
-                    || list_segments(&dir).map(|s| !s.is_empty()).unwrap_or(false);
+                let data = crate::spool::data_dir(&dir);
+                let has_data = data.join(crate::spool::DONE_FILE).exists()
+                    || list_segments(&data).map(|s| !s.is_empty()).unwrap_or(false);
                 let waited = self
                     .unready
                     .get(key)
@@ -301,11 +302,14 @@ impl Publisher {
                         ..Default::default()
                     },
                     settings: self.config.defaults.clone(),
+                    run_as: None,
                 }
             }
         };
         self.unready.remove(key);
-        let (reader, warning) = SpoolReader::open(&dir);
+        let data = crate::spool::data_dir(&dir);
+        self.watcher.watch_container(&data, key);
+        let (reader, warning) = SpoolReader::open(&data);
         if let Some(w) = warning {
             log::warn(&w);
         }

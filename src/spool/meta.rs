@@ -4,6 +4,7 @@
 
 use crate::config::ContainerSettings;
 use crate::metadata::Identity;
+use crate::privileges::RunAs;
 use serde_json::{json, Value};
 use std::path::Path;
 
@@ -11,6 +12,8 @@ use std::path::Path;
 pub struct ContainerMeta {
     pub identity: Identity,
     pub settings: ContainerSettings,
+    /// The user the companion drops to (None: stays as started).
+    pub run_as: Option<RunAs>,
 }
 
 impl ContainerMeta {
@@ -18,6 +21,7 @@ impl ContainerMeta {
         let s = &self.settings;
         json!({
             "version": 1,
+            "run_as": self.run_as.as_ref().map(RunAs::to_json),
             "identity": self.identity.to_json(),
             "settings": {
                 "topic": s.topic,
@@ -65,7 +69,12 @@ impl ContainerMeta {
             spool_max_size: u("spool_max_size", d.spool_max_size),
             spool_segment_size: u("spool_segment_size", d.spool_segment_size),
         };
-        Ok(ContainerMeta { identity, settings })
+        let run_as = v.get("run_as").and_then(RunAs::from_json);
+        Ok(ContainerMeta {
+            identity,
+            settings,
+            run_as,
+        })
     }
 
     pub fn store(&self, dir: &Path) -> std::io::Result<()> {

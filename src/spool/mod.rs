@@ -4,11 +4,14 @@
 //! # Layout
 //!
 //! ```text
-//! <spool_dir>/<container key>/
-//!     meta.json              identity + settings; written by prepare() before the companion starts
-//!     seg-<20 digits>.spool  segments, numbered from 1, append-only, one writer
-//!     checkpoint             the publisher's resume position (atomic rename)
-//!     done                   empty marker: the companion wrote its last record
+//! <spool_dir>/                   root, 0711 (enter, not list)
+//!   <container key>/             root, 0711
+//!     meta.json                  identity + settings + run_as; written by prepare()
+//!                                before the companion starts; the task cannot alter it
+//!     data/                      the container user (the companion runs as it), 0700
+//!       seg-<20 digits>.spool    segments, numbered from 1, append-only, one writer
+//!       checkpoint               the publisher's resume position (atomic rename)
+//!       done                     empty marker: the companion wrote its last record
 //! ```
 //!
 //! The container key is the container id (`parent.child` for nested ones),
@@ -62,6 +65,12 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 pub const MAGIC: &[u8; 8] = b"MGSPOOL1";
+pub const DATA_DIR: &str = "data";
+
+/// Where a container's segments, checkpoint and `done` live.
+pub fn data_dir(container_dir: &Path) -> PathBuf {
+    container_dir.join(DATA_DIR)
+}
 pub const META_FILE: &str = "meta.json";
 pub const DONE_FILE: &str = "done";
 pub const CHECKPOINT_FILE: &str = "checkpoint";
