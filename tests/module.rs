@@ -478,11 +478,15 @@ fn companion_runs_as_the_containers_user_and_cannot_alter_its_identity() {
     drop(p.stderr);
     let data = spool.join("priv-check/data");
     let t0 = Instant::now();
-    while std::fs::read_to_string(sbx.join("stdout"))
-        .unwrap_or_default()
-        .is_empty()
-        || !(data.join("done").exists() || !data.exists())
-    {
+    // Written to the sandbox, and the spool finished (or already published
+    // and removed).
+    let finished = || {
+        let written = !std::fs::read_to_string(sbx.join("stdout"))
+            .unwrap_or_default()
+            .is_empty();
+        written && (data.join("done").exists() || !data.exists())
+    };
+    while !finished() {
         assert!(t0.elapsed() < Duration::from_secs(10));
         std::thread::sleep(Duration::from_millis(20));
     }
