@@ -91,14 +91,10 @@ fn lines(from: u64, to: u64) -> String {
 }
 
 fn wait_done(spool: &Path) {
-    let t0 = Instant::now();
-    while !spool.join("data/done").exists() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "companion did not finish"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        support::wait_for_file(&spool.join("data/done"), Duration::from_secs(30)),
+        "companion did not finish"
+    );
 }
 
 #[test]

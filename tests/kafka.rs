@@ -108,18 +108,6 @@ fn two_containers_a_million_lines_exactly_once_in_order() {
     assert!(parts.values().all(|p| p.len() == 1));
 }
 
-/// Waits until `path` exists.
-fn wait_file(path: &Path, limit: Duration) -> bool {
-    let t0 = Instant::now();
-    while !path.exists() {
-        if t0.elapsed() > limit {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    true
-}
-
 #[test]
 fn broker_frozen_mid_stream_loses_nothing_and_never_blocks_the_container() {
     let broker = Broker::start();
@@ -137,7 +125,7 @@ fn broker_frozen_mid_stream_loses_nothing_and_never_blocks_the_container() {
         &d.path().join("sbx"),
         &script,
     );
-    assert!(wait_file(&mid, Duration::from_secs(30)));
+    assert!(wait_for_file(&mid, Duration::from_secs(30)));
     std::thread::sleep(Duration::from_millis(300));
     broker.freeze();
     std::fs::remove_file(&mid).unwrap();
@@ -145,7 +133,7 @@ fn broker_frozen_mid_stream_loses_nothing_and_never_blocks_the_container() {
     // container finishes writing without waiting for it.
     let t0 = Instant::now();
     assert!(
-        wait_file(&end, Duration::from_secs(10)),
+        wait_for_file(&end, Duration::from_secs(10)),
         "the container blocked while the broker was frozen"
     );
     let write_time = t0.elapsed();
@@ -205,7 +193,7 @@ fn broker_replaced_on_the_same_port_receives_everything_unacknowledged() {
         &d.path().join("sbx"),
         &script,
     );
-    assert!(wait_file(&mid, Duration::from_secs(30)));
+    assert!(wait_for_file(&mid, Duration::from_secs(30)));
     // Phase 1 is delivered to the old broker.
     let first = consume(&old.addr(), "replaced", 10_000, Duration::from_secs(60));
     assert_eq!(

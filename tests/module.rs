@@ -166,16 +166,7 @@ fn cpp_driver_prepares_each_fixture_like_the_shim() {
     );
     assert_eq!(own.len(), 3, "GELF_LOGGER_TOPIC override");
     let m = own[0].json();
-    assert_eq!(m["_container_id"], "b7c1e2d3-4f5a-6b7c-8d9e-0f1a2b3c4d5e");
-    assert_eq!(
-        m["_framework_id"],
-        "4a5c3f0e-2b1d-4c8e-9f7a-1e2d3c4b5a69-0000"
-    );
-    assert_eq!(
-        m["_executor_id"],
-        "prod_web.6f1d2a4e-8c0b-11ef-9a3e-0242ac110002"
-    );
-    assert_eq!(m["_agent_id"], "8e3d5c2a-7b1f-4d6e-a9c8-0f1e2d3c4b5a-S3");
+    assert_marathon_identity(&m);
     assert_eq!(own[0].key, b"b7c1e2d3-4f5a-6b7c-8d9e-0f1a2b3c4d5e");
 }
 
@@ -411,11 +402,10 @@ fn companion_ignores_the_signals_of_a_dying_agent() {
     writeln!(out, "two").unwrap();
     drop(out);
     drop(p.stderr);
-    let t0 = Instant::now();
-    while !spool.join("sig-check/data/done").exists() {
-        assert!(t0.elapsed() < Duration::from_secs(10));
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(wait_for_file(
+        &spool.join("sig-check/data/done"),
+        Duration::from_secs(10)
+    ));
     assert_eq!(
         std::fs::read_to_string(sbx.join("stdout")).unwrap(),
         "one\ntwo\n"
@@ -543,11 +533,10 @@ fn a_user_unknown_on_the_host_keeps_the_agents_user_with_a_warning() {
     writeln!(out, "still logged").unwrap();
     drop(out);
     drop(p.stderr);
-    let t0 = Instant::now();
-    while !spool.join("unknown-user/data/done").exists() {
-        assert!(t0.elapsed() < Duration::from_secs(10));
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(wait_for_file(
+        &spool.join("unknown-user/data/done"),
+        Duration::from_secs(10)
+    ));
     assert_eq!(
         std::fs::read_to_string(sbx.join("stdout")).unwrap(),
         "still logged\n"

@@ -183,14 +183,10 @@ pub fn run(args: &CompanionArgs) -> Summary {
     .collect();
     if let (Some(w), Some(e)) = (writer.as_mut(), meta_error) {
         notice_seq += 1;
-        w.append(&Record {
-            stream: Stream::Notice,
-            flags: 0,
-            part: 0,
-            seq: notice_seq,
-            ts_micros: now_micros(),
-            payload: format!("mesos-gelf companion: {e}").into_bytes(),
-        });
+        w.append(&Record::notice(
+            notice_seq,
+            format!("mesos-gelf companion: {e}"),
+        ));
     }
     let mut summary = Summary::default();
     let mut sandbox_reported = 0u64;
@@ -272,18 +268,13 @@ pub fn run(args: &CompanionArgs) -> Summary {
                     .find_map(|i| i.sandbox.last_error.clone())
                     .unwrap_or_default();
                 notice_seq += 1;
-                w.append(&Record {
-                    stream: Stream::Notice,
-                    flags: 0,
-                    part: 0,
-                    seq: notice_seq,
-                    ts_micros: now_micros(),
-                    payload: format!(
+                w.append(&Record::notice(
+                    notice_seq,
+                    format!(
                         "mesos-gelf could not write {} bytes to the sandbox files ({why}); those lines are still shipped; totals so far: sandbox_lost_bytes={sandbox_lost}",
                         sandbox_lost - sandbox_reported
-                    )
-                    .into_bytes(),
-                });
+                    ),
+                ));
             }
             sandbox_reported = sandbox_lost;
         }

@@ -54,6 +54,18 @@ pub struct Record {
 }
 
 impl Record {
+    /// A record written by mesos-gelf itself (losses, problems), now.
+    pub fn notice(seq: u64, text: String) -> Record {
+        Record {
+            stream: Stream::Notice,
+            flags: 0,
+            part: 0,
+            seq,
+            ts_micros: now_micros(),
+            payload: text.into_bytes(),
+        }
+    }
+
     /// Appends this record's frame to `out`.
     pub fn encode_frame(&self, out: &mut Vec<u8>) {
         let body_len = BODY_FIXED + self.payload.len();

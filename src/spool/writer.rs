@@ -6,7 +6,7 @@
 //! makes the next write start a fresh segment so the torn one is skipped by
 //! the reader instead of hiding later frames.
 
-use super::record::{Record, Stream};
+use super::record::Record;
 use super::{list_segments, segment_path, MAGIC};
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -196,14 +196,7 @@ impl SpoolWriter {
             " totals so far: dropped={} failed={}",
             l.dropped_records, l.failed_records
         ));
-        Some(Record {
-            stream: Stream::Notice,
-            flags: 0,
-            part: 0,
-            seq,
-            ts_micros: super::record::now_micros(),
-            payload: msg.into_bytes(),
-        })
+        Some(Record::notice(seq, msg))
     }
 
     /// Marks the spool complete: no frame will follow.

@@ -310,3 +310,29 @@ pub fn start_companion(
         )
     }
 }
+
+/// Waits until `path` exists; false if `limit` passed first.
+pub fn wait_for_file(path: &Path, limit: Duration) -> bool {
+    let t0 = Instant::now();
+    while !path.exists() {
+        if t0.elapsed() > limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
+/// The identity fields of the marathon_command_task.json fixture.
+pub fn assert_marathon_identity(m: &Value) {
+    assert_eq!(m["_container_id"], "b7c1e2d3-4f5a-6b7c-8d9e-0f1a2b3c4d5e");
+    assert_eq!(
+        m["_framework_id"],
+        "4a5c3f0e-2b1d-4c8e-9f7a-1e2d3c4b5a69-0000"
+    );
+    assert_eq!(
+        m["_executor_id"],
+        "prod_web.6f1d2a4e-8c0b-11ef-9a3e-0242ac110002"
+    );
+    assert_eq!(m["_agent_id"], "8e3d5c2a-7b1f-4d6e-a9c8-0f1e2d3c4b5a-S3");
+}
