@@ -206,3 +206,105 @@ fn sandbox_filesystem_full_spool_still_written_container_never_blocks_loss_repor
     assert!(kept < 5_000_000);
     eprintln!("sandbox full: container wrote 5 MB in {write_time:?}; sandbox kept {kept} bytes; all 50000 records spooled; notice: {notice}");
 }
+
+/// Peak RSS (VmHWM, KB) of a process, sampled until it exits.
+fn watch_hwm(pid: u32) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let mut peak = 0;
+        while let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+            if let Some(kb) = s
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            {
+                peak = peak.max(kb);
+            }
+            if s.contains("State:\tZ") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        peak
+    })
+}
+
+fn find_companion(needle: &str) -> Option<u32> {
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_str().unwrap_or("").parse::<u32>() else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(
+            &std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default(),
+        )
+        .replace('\0', " ");
+        if cmd.contains(" companion ") && cmd.contains(needle) {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+#[test]
+fn a_gigabyte_without_newline_keeps_memory_bounded_and_ships_valid_parts() {
+    use std::io::BufRead;
+    let d = tempfile::tempdir().unwrap();
+    let spool = d.path().join("spool");
+    let mut run = Command::new(support::bin())
+        .args(["run", "--sandbox"])
+        .arg(d.path().join("sbx"))
+        .args([
+            "--set",
+            &format!("spool_dir={}", spool.display()),
+            "--set",
+            "max_line_bytes=512KB",
+        ])
+        // The spool may hold the whole gigabyte on disk while this test
+        // parses slower than the pipeline runs: memory stays bounded anyway.
+        .args(["--set", "spool_max_size=2GB"])
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "head -c 1073741824 /dev/zero | tr '\\0' a",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    let pid = loop {
+        if let Some(p) = find_companion(spool.to_str().unwrap()) {
+            break p;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "no companion");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let hwm = watch_hwm(pid);
+    let out = std::io::BufReader::with_capacity(4 << 20, run.stdout.take().unwrap());
+    let (mut parts, mut bytes) = (0u64, 0u64);
+    for line in out.lines() {
+        let v: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
+        support::assert_gelf(&v);
+        parts += 1;
+        assert_eq!(v["_line_part"], parts);
+        bytes += v["short_message"].as_str().unwrap().len() as u64;
+    }
+    assert!(run.wait().unwrap().success());
+    assert_eq!(bytes, 1 << 30, "every byte shipped");
+    assert_eq!(parts, 2048, "512 KB parts");
+    let peak_kb = hwm.join().unwrap();
+    assert!(peak_kb < 40 * 1024, "companion peak RSS {peak_kb} KB");
+    // The sandbox keeps the newest bytes, rotated: 4 full 10 MB files and
+    // the live one with the remainder (1 GB mod 10 MB).
+    let sbx = d.path().join("sbx");
+    let size = |n: &str| std::fs::metadata(sbx.join(n)).unwrap().len();
+    for n in ["stdout.1", "stdout.2", "stdout.3", "stdout.4"] {
+        assert_eq!(size(n), 10 << 20, "{n}");
+    }
+    assert_eq!(size("stdout"), (1 << 30) % (10 << 20));
+    assert!(!sbx.join("stdout.5").exists());
+    eprintln!(
+        "1 GB without newline: {parts} parts, companion peak RSS {} MB, {:.1} s",
+        peak_kb / 1024,
+        t0.elapsed().as_secs_f64()
+    );
+}

@@ -458,3 +458,137 @@ fn a_message_larger_than_kafka_accepts_is_truncated_with_a_marker_not_retried_fo
         "the sandbox keeps the whole line"
     );
 }
+
+#[test]
+fn agent_sigkill_mid_stream_restarted_10s_later_loses_nothing() {
+    let broker = Broker::start();
+    let d = tempfile::tempdir().unwrap();
+    let spool = d.path().join("spool");
+    let done = d.path().join("container-finished");
+    // A container writing 10k lines/s for 3 s; the "agent" (run: publisher
+    // + prepare, the module's code path) is SIGKILLed after 1 s.
+    let script = format!(
+        "python3 -c 'import sys,time\nfor i in range(1,30001):\n    print(i)\n    sys.stdout.flush() if i % 100 == 0 else None\n    time.sleep(0.01) if i % 100 == 0 else None' ; touch {}",
+        done.display()
+    );
+    let mut agent = Command::new(bin())
+        .args(["run", "--sandbox"])
+        .arg(d.path().join("sbx"))
+        .args([
+            "--set",
+            &format!("kafka.bootstrap.servers={}", broker.addr()),
+            "--set",
+            "topic=agent-kill",
+        ])
+        .args([
+            "--set",
+            &format!("spool_dir={}", spool.display()),
+            "--container-id",
+            "c-agent",
+        ])
+        .args(["--", "sh", "-c", &script])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    unsafe { libc::kill(agent.id() as i32, libc::SIGKILL) };
+    agent.wait().unwrap();
+    // The container and its companion carry on without the agent.
+    let t0 = Instant::now();
+    assert!(
+        wait_for_file(&done, Duration::from_secs(30)),
+        "the container blocked without its agent"
+    );
+    let finished_after = t0.elapsed();
+    std::thread::sleep(Duration::from_secs(10).saturating_sub(t0.elapsed()));
+    // A new agent process resumes the spool.
+    wait_ok(
+        spawn_publish(&broker.addr(), &spool, true),
+        Duration::from_secs(120),
+    );
+    let msgs = consume(
+        &broker.addr(),
+        "agent-kill",
+        30_000,
+        Duration::from_secs(120),
+    );
+    let dups = assert_complete(&seqs_by_container(&msgs)["c-agent"], 30_000);
+    let bound = 1024 * 1024 / 150 + 4096;
+    assert!(dups <= bound, "{dups} duplicates > {bound}");
+    eprintln!("agent SIGKILL: container finished {finished_after:?} after the kill; 30000 of 30000 delivered, {dups} duplicates");
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+fn threads() -> usize {
+    std::fs::read_dir("/proc/self/task").unwrap().count()
+}
+
+fn companions_under(root: &Path) -> usize {
+    let needle = root.display().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd);
+            cmd.contains("companion") && cmd.contains(&needle)
+        })
+        .count()
+}
+
+#[test]
+fn five_hundred_containers_leak_no_fds_threads_processes_or_spools() {
+    let broker = Broker::start();
+    let d = tempfile::tempdir().unwrap();
+    let spool = d.path().join("spool");
+    let cfg = Config::from_pairs(&[
+        ("kafka.bootstrap.servers", broker.addr().as_str()),
+        ("topic", "leaks"),
+        ("spool_dir", spool.to_str().unwrap()),
+    ])
+    .unwrap();
+    let mut logger = Logger::new(cfg, bin()).unwrap();
+    logger.initialize(false).unwrap();
+    let sbx = d.path().join("sbx");
+    std::fs::create_dir_all(&sbx).unwrap();
+    let json = serde_json::json!({"directory": sbx.display().to_string()}).to_string();
+    // Warm up (producer connections), then measure.
+    let p = logger.prepare("warm-up", &json, None).unwrap();
+    drop(p);
+    std::thread::sleep(Duration::from_secs(2));
+    let (fds0, threads0) = (open_fds(), threads());
+    for i in 0..500 {
+        let p = logger
+            .prepare(&format!("leak-{i:03}"), &json, None)
+            .unwrap();
+        let mut out = std::fs::File::from(p.stdout);
+        writeln!(out, "line from {i}").unwrap();
+    }
+    let t0 = Instant::now();
+    while std::fs::read_dir(&spool)
+        .unwrap()
+        .flatten()
+        .any(|e| e.path().is_dir())
+        || companions_under(&spool) > 0
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "spools or companions left behind"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let (fds1, threads1) = (open_fds(), threads());
+    assert!(fds1 <= fds0 + 2, "fds {fds0} -> {fds1}");
+    assert_eq!(threads1, threads0, "threads");
+    let m = logger.publisher().unwrap().metrics.snapshot();
+    assert_eq!(m["containers_finished"], 501);
+    assert_eq!(m["records_published"], 500);
+    assert_eq!(m["containers_active"], 0);
+    let msgs = consume(&broker.addr(), "leaks", 500, Duration::from_secs(60));
+    assert_eq!(msgs.len(), 500);
+    eprintln!("500 containers: fds {fds0} -> {fds1}, threads {threads0} -> {threads1}, 0 companions and 0 spools left, {:.1} s", t0.elapsed().as_secs_f64());
+}
