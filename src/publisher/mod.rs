@@ -606,8 +606,8 @@ impl Publisher {
         let mut bytes = 0u64;
         let mut oldest: Option<i64> = None;
         for c in self.containers.values() {
-            for s in list_segments(&c.dir).unwrap_or_default() {
-                bytes += std::fs::metadata(segment_path(&c.dir, s))
+            for s in list_segments(c.reader.dir()).unwrap_or_default() {
+                bytes += std::fs::metadata(segment_path(c.reader.dir(), s))
                     .map(|m| m.len())
                     .unwrap_or(0);
             }
