@@ -229,19 +229,7 @@ fn watch_hwm(pid: u32) -> std::thread::JoinHandle<u64> {
 }
 
 fn find_companion(needle: &str) -> Option<u32> {
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_str().unwrap_or("").parse::<u32>() else {
-            continue;
-        };
-        let cmd = String::from_utf8_lossy(
-            &std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default(),
-        )
-        .replace('\0', " ");
-        if cmd.contains(" companion ") && cmd.contains(needle) {
-            return Some(pid);
-        }
-    }
-    None
+    support::companion_pids(needle).first().copied()
 }
 
 #[test]

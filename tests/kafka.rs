@@ -527,16 +527,7 @@ fn threads() -> usize {
 }
 
 fn companions_under(root: &Path) -> usize {
-    let needle = root.display().to_string();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter(|e| {
-            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-            let cmd = String::from_utf8_lossy(&cmd);
-            cmd.contains("companion") && cmd.contains(&needle)
-        })
-        .count()
+    companion_pids(&root.display().to_string()).len()
 }
 
 #[test]

@@ -279,18 +279,9 @@ fn proc_fds(pid: u32) -> Vec<(i32, String, u32)> {
 }
 
 fn find_companion(spool_dir: &Path) -> Option<u32> {
-    let needle = spool_dir.display().to_string();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_str().unwrap_or("").parse::<u32>() else {
-            continue;
-        };
-        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-        if cmd.contains(" companion ") && cmd.contains(&needle) {
-            return Some(pid);
-        }
-    }
-    None
+    companion_pids(&spool_dir.display().to_string())
+        .first()
+        .copied()
 }
 
 #[test]

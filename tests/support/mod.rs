@@ -336,3 +336,20 @@ pub fn assert_marathon_identity(m: &Value) {
     );
     assert_eq!(m["_agent_id"], "8e3d5c2a-7b1f-4d6e-a9c8-0f1e2d3c4b5a-S3");
 }
+
+/// Pids of running companions whose command line mentions `needle` (a
+/// spool path).
+pub fn companion_pids(needle: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_str().unwrap_or("").parse::<u32>() else {
+            continue;
+        };
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains(" companion ") && cmd.contains(needle) {
+            out.push(pid);
+        }
+    }
+    out
+}
