@@ -8,7 +8,8 @@
 //! Errors cross as `rust::Error` exceptions whose `what()` is our message.
 
 use crate::config::Config;
-use crate::logger::{into_raw, Logger};
+use crate::logger::Logger;
+use std::os::fd::IntoRawFd;
 use std::path::PathBuf;
 
 #[cxx::bridge(namespace = "mesos_gelf")]
@@ -119,8 +120,9 @@ impl ModuleLogger {
             .prepare(container_id, config_json, None)
             .map_err(|e| format!("container {container_id}: {e}"))?;
         Ok(ffi::ContainerFds {
-            out_fd: into_raw(p.stdout),
-            err_fd: into_raw(p.stderr),
+            // The shim hands them to Mesos, which closes them.
+            out_fd: p.stdout.into_raw_fd(),
+            err_fd: p.stderr.into_raw_fd(),
         })
     }
 

@@ -12,7 +12,7 @@ use crate::metadata;
 use crate::privileges::RunAs;
 use crate::publisher::Handle;
 use crate::spool::{container_key, ContainerMeta};
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -82,9 +82,6 @@ impl Logger {
                 "parameter `companion_path`: {} is not a file (install the mesos-gelf binary there or set companion_path)",
                 companion.display()
             ));
-        }
-        if config.defaults.disable && !config.has_kafka() {
-            // Nothing to publish: fine.
         }
         Ok(Logger {
             config: Arc::new(config),
@@ -303,9 +300,4 @@ impl Drop for Logger {
         // running and a new Logger resumes their spools.
         self.publisher.take();
     }
-}
-
-/// Converts an owned fd into a raw one for the C++ side (which closes it).
-pub fn into_raw(fd: OwnedFd) -> RawFd {
-    fd.into_raw_fd()
 }

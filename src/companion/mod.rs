@@ -34,15 +34,6 @@ pub struct CompanionArgs {
     pub cgroup_procs: Option<PathBuf>,
 }
 
-/// What the companion did, for its exit and for tests.
-#[derive(Debug, Default, Clone)]
-pub struct Summary {
-    pub records: u64,
-    pub bytes: u64,
-    pub spool_losses: crate::spool::writer::Losses,
-    pub sandbox_lost_bytes: u64,
-}
-
 struct Input {
     fd: RawFd,
     open: bool,
@@ -95,8 +86,7 @@ fn join_cgroup(procs: &Path) {
 
 /// Moves finished records into the spool writer's buffer (written at the
 /// next flush, which also happens once the buffer is large).
-fn hand_over(records: &mut Vec<Record>, writer: Option<&mut SpoolWriter>, summary: &mut Summary) {
-    summary.records += records.len() as u64;
+fn hand_over(records: &mut Vec<Record>, writer: Option<&mut SpoolWriter>) {
     match writer {
         Some(w) => {
             for r in records.drain(..) {
@@ -112,7 +102,7 @@ fn hand_over(records: &mut Vec<Record>, writer: Option<&mut SpoolWriter>, summar
 
 /// Runs until both pipes reach EOF. Never returns an error: whatever fails
 /// downstream is counted and reported, and the pipes are drained regardless.
-pub fn run(args: &CompanionArgs) -> Summary {
+pub fn run(args: &CompanionArgs) {
     if let Some(p) = &args.cgroup_procs {
         join_cgroup(p);
     }
@@ -188,7 +178,6 @@ pub fn run(args: &CompanionArgs) -> Summary {
             format!("mesos-gelf companion: {e}"),
         ));
     }
-    let mut summary = Summary::default();
     let mut sandbox_reported = 0u64;
     let mut buf = vec![0u8; 64 * 1024];
     let mut records: Vec<Record> = Vec::with_capacity(1024);
@@ -227,12 +216,11 @@ pub fn run(args: &CompanionArgs) -> Summary {
                     unsafe { libc::read(i.fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
                 if n > 0 {
                     let chunk = &buf[..n as usize];
-                    summary.bytes += n as u64;
                     i.sandbox.write(chunk);
                     i.asm.feed(chunk, now_micros(), &mut records);
                     // Per chunk, so a burst of short lines never piles up
                     // as thousands of small allocations.
-                    hand_over(&mut records, writer.as_mut(), &mut summary);
+                    hand_over(&mut records, writer.as_mut());
                     if (n as usize) < buf.len() {
                         break;
                     }
@@ -259,7 +247,7 @@ pub fn run(args: &CompanionArgs) -> Summary {
         for i in inputs.iter_mut() {
             i.asm.tick(now, &mut records);
         }
-        hand_over(&mut records, writer.as_mut(), &mut summary);
+        hand_over(&mut records, writer.as_mut());
         let sandbox_lost: u64 = inputs.iter().map(|i| i.sandbox.lost_bytes).sum();
         if sandbox_lost > sandbox_reported {
             if let Some(w) = writer.as_mut() {
@@ -287,12 +275,14 @@ pub fn run(args: &CompanionArgs) -> Summary {
             }
         }
     }
-    summary.sandbox_lost_bytes = inputs.iter().map(|i| i.sandbox.lost_bytes).sum();
-    if let Some(w) = writer {
-        summary.spool_losses = w.losses;
-        let _ = w.finish();
-    } else {
-        let _ = crate::spool::mark_done(&data);
+    // Losses are reported in the stream (notice records); nothing else
+    // reads a companion's exit.
+    match writer {
+        Some(w) => {
+            let _ = w.finish();
+        }
+        None => {
+            let _ = crate::spool::mark_done(&data);
+        }
     }
-    summary
 }
