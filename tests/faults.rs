@@ -1,7 +1,9 @@
-//! Faults with real filesystems: a full spool filesystem and a full sandbox
-//! filesystem (small tmpfs mounts; the tests run as root, as CI does).
-//! Each states what happens: the container never blocks, the other side
-//! keeps everything, and the loss is counted and reported in the stream.
+//! Faults with real filesystems and hostile volumes: a full spool
+//! filesystem and a full sandbox filesystem (small tmpfs mounts; the tests
+//! run as root, as CI does), 1 GB without a newline, a 10 MB line of binary
+//! junk. Each states what happens: the container never blocks, memory stays
+//! bounded, the other side keeps everything, and any loss is counted and
+//! reported in the stream.
 
 mod support;
 
@@ -294,5 +296,91 @@ fn a_gigabyte_without_newline_keeps_memory_bounded_and_ships_valid_parts() {
         "1 GB without newline: {parts} parts, companion peak RSS {} MB, {:.1} s",
         peak_kb / 1024,
         t0.elapsed().as_secs_f64()
+    );
+}
+
+/// 10 MB of pseudo-random bytes (NUL, invalid UTF-8, control characters,
+/// stray continuation bytes, valid multi-byte sequences) without a newline.
+fn junk(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            match (x >> 56) as u8 {
+                b'\n' => 0,
+                b => b,
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn a_ten_megabyte_line_of_binary_junk_ships_valid_parts_and_loses_no_byte() {
+    let d = tempfile::tempdir().unwrap();
+    let spool = d.path().join("spool");
+    let sbx = d.path().join("sbx");
+    let mut data = junk(10 << 20);
+    *data.last_mut().unwrap() = b'.'; // a trailing CR would be dropped, rightly
+    let input = d.path().join("junk.bin");
+    std::fs::write(&input, [&data[..], b"\nend\n"].concat()).unwrap();
+    let mut run = Command::new(support::bin())
+        .args(["run", "--sandbox"])
+        .arg(&sbx)
+        .args(["--set", &format!("spool_dir={}", spool.display())])
+        .args(["--", "sh", "-c", "sleep 0.2; exec cat \"$0\""])
+        .arg(&input)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    let pid = loop {
+        if let Some(p) = find_companion(spool.to_str().unwrap()) {
+            break p;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "no companion");
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    let hwm = watch_hwm(pid);
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut run.stdout.take().unwrap(), &mut out).unwrap();
+    assert!(run.wait().unwrap().success());
+    let msgs = support::gelf_lines(&out);
+    let (last, parts) = msgs.split_last().unwrap();
+    assert_eq!(last["short_message"], "end", "the line after the junk");
+    // Parts of at most max_line_bytes (64 KiB); a cut may step back up to 3
+    // bytes so as not to split a UTF-8 sequence.
+    let n = parts.len();
+    assert!((160..=161).contains(&n), "{n} parts");
+    let mut text = String::new();
+    for (i, m) in parts.iter().enumerate() {
+        support::assert_gelf(m);
+        assert_eq!(m["_line_part"], i as u64 + 1);
+        assert_eq!(m["_line_continues"], i + 1 < n);
+        text.push_str(m["short_message"].as_str().unwrap());
+    }
+    // Invalid sequences become U+FFFD, but an ASCII byte (NUL, control
+    // characters, CR included) is always itself: every one arrives, in order.
+    let ascii_in: Vec<u8> = data.iter().copied().filter(u8::is_ascii).collect();
+    let ascii_out: Vec<u8> = text.bytes().filter(u8::is_ascii).collect();
+    assert_eq!(ascii_out.len(), ascii_in.len());
+    assert!(ascii_out == ascii_in, "ASCII bytes changed or reordered");
+    assert!(ascii_in.contains(&0) && ascii_in.contains(&b'\r'));
+    assert!(text.contains('\u{FFFD}'), "the junk holds invalid UTF-8");
+    // The sandbox keeps the bytes untouched (10 MB + "\nend\n" rotates once
+    // at the default 10 MB: the two files together are the input).
+    let mut sandbox = std::fs::read(sbx.join("stdout.1")).unwrap_or_default();
+    sandbox.extend(std::fs::read(sbx.join("stdout")).unwrap());
+    assert!(
+        sandbox == [&data[..], b"\nend\n"].concat(),
+        "sandbox differs"
+    );
+    let peak_kb = hwm.join().unwrap();
+    assert!(peak_kb < 40 * 1024, "companion peak RSS {peak_kb} KB");
+    eprintln!(
+        "10 MB junk line: {n} parts, {} ASCII bytes kept in order, companion peak RSS {} MB",
+        ascii_in.len(),
+        peak_kb / 1024
     );
 }

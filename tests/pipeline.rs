@@ -298,19 +298,26 @@ fn sandbox_files_rotate_and_the_count_is_capped() {
 }
 
 fn run_config(fixture: &str, container_id: &str) -> (Vec<Value>, std::process::Output) {
+    run_config_with(fixture, container_id, &[])
+}
+
+fn run_config_with(
+    fixture: &str,
+    container_id: &str,
+    extra: &[&str],
+) -> (Vec<Value>, std::process::Output) {
     let d = sandbox();
     let cfg = shared(&format!("fixtures/container_config/{fixture}"));
-    let out = run(
-        &[
-            "--sandbox",
-            d.path().to_str().unwrap(),
-            "--container-config",
-            cfg.to_str().unwrap(),
-            "--container-id",
-            container_id,
-        ],
-        &["sh", "-c", "echo to-stdout; echo to-stderr >&2"],
-    );
+    let mut args = vec![
+        "--sandbox",
+        d.path().to_str().unwrap(),
+        "--container-config",
+        cfg.to_str().unwrap(),
+        "--container-id",
+        container_id,
+    ];
+    args.extend_from_slice(extra);
+    let out = run(&args, &["sh", "-c", "echo to-stdout; echo to-stderr >&2"]);
     let msgs = gelf_lines(&out.stdout);
     for m in &msgs {
         assert_gelf(m);
@@ -367,6 +374,61 @@ fn container_config_docker_task_label_override_sets_stderr_level() {
         e.get("_label_gelf.level_stderr").is_none(),
         "override labels are settings, not fields"
     );
+}
+
+/// The `_label_*` fields a record carries, sorted.
+fn label_fields(m: &Value) -> Vec<String> {
+    let mut v: Vec<String> = m
+        .as_object()
+        .unwrap()
+        .keys()
+        .filter(|k| k.starts_with("_label_"))
+        .cloned()
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn labels_parameter_keeps_all_none_or_the_listed_labels() {
+    const MARATHON: &str = "b7c1e2d3-4f5a-6b7c-8d9e-0f1a2b3c4d5e";
+    let cases: [(&str, &[&str]); 4] = [
+        (
+            "all",
+            &["_label_HAPROXY_GROUP", "_label_team", "_label_tier"],
+        ),
+        ("none", &[]),
+        // Names are matched exactly; unknown names are no error.
+        (
+            "team, HAPROXY_GROUP,missing",
+            &["_label_HAPROXY_GROUP", "_label_team"],
+        ),
+        ("TEAM", &[]),
+    ];
+    for (filter, want) in cases {
+        let set = format!("labels={filter}");
+        let (msgs, out) = run_config_with("marathon_command_task.json", MARATHON, &["--set", &set]);
+        assert!(out.status.success(), "labels={filter}");
+        assert_eq!(msgs.len(), 2);
+        for m in &msgs {
+            assert_eq!(label_fields(m), want, "labels={filter}");
+            // Identity never depends on the label filter.
+            assert_marathon_identity(m);
+            assert_eq!(m["_app"], "/prod/web");
+        }
+        if filter == "none" {
+            assert!(!String::from_utf8_lossy(&out.stdout).contains("storefront"));
+        }
+    }
+    // `gelf.*` override labels are settings: they apply with labels=none.
+    let (msgs, out) = run_config_with(
+        "docker_containerizer_task.json",
+        "b0c1d2e3-f405-4617-8829-3a4b5c6d7e8f",
+        &["--set", "labels=none"],
+    );
+    assert!(out.status.success());
+    let e = &by_stream(&msgs, "stderr")[0];
+    assert_eq!(e["level"], 4, "gelf.level_stderr=4 still applies");
 }
 
 #[test]
