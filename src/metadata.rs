@@ -15,7 +15,10 @@
 //!   used, and the ids are taken from the sandbox path where possible;
 //! - hostile labels: empty keys dropped, values over [`MAX_LABEL_VALUE`]
 //!   bytes truncated, at most [`MAX_LABELS`] labels and [`MAX_LABEL_BYTES`]
-//!   in total (a warning says how many were dropped).
+//!   in total (a warning says how many were dropped);
+//! - an identity string (ids, names, app, user) over [`MAX_FIELD_VALUE`]
+//!   bytes is truncated, with a warning. Every record repeats the identity,
+//!   so together these bound its size: at most 9 × 1 KiB + 16 KiB.
 
 use serde_json::{Map, Value};
 use std::fmt;
@@ -23,6 +26,22 @@ use std::fmt;
 pub const MAX_LABELS: usize = 64;
 pub const MAX_LABEL_VALUE: usize = 1024;
 pub const MAX_LABEL_BYTES: usize = 16 * 1024;
+pub const MAX_FIELD_VALUE: usize = 1024;
+
+/// Cuts `v` to at most `max` bytes (on a char boundary) plus a visible
+/// marker; returns whether it was cut.
+fn truncate_value(v: &mut String, max: usize) -> bool {
+    if v.len() <= max {
+        return false;
+    }
+    let mut cut = max;
+    while !v.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    v.truncate(cut);
+    v.push_str("…[truncated]");
+    true
+}
 
 /// Who wrote a line. Serialised into the spool's `meta.json`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -215,13 +234,7 @@ fn cap_labels(labels: Vec<(String, String)>, warnings: &mut Vec<String>) -> Vec<
         if out.iter().any(|(ok, _)| *ok == k) {
             continue;
         }
-        if v.len() > MAX_LABEL_VALUE {
-            let mut cut = MAX_LABEL_VALUE;
-            while !v.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            v.truncate(cut);
-            v.push_str("…[truncated]");
+        if truncate_value(&mut v, MAX_LABEL_VALUE) {
             truncated += 1;
         }
         if out.len() >= MAX_LABELS || total + k.len() + v.len() > MAX_LABEL_BYTES {
@@ -336,22 +349,24 @@ pub fn parse(
         .collect();
     let labels = cap_labels(shipped, &mut w);
 
+    let mut identity = Identity {
+        container_id: container_id.to_string(),
+        parents,
+        framework_id,
+        executor_id,
+        task_id,
+        task_name,
+        agent_id,
+        app: env_get("MARATHON_APP_ID"),
+        app_version: env_get("MARATHON_APP_VERSION"),
+        user,
+        container_class,
+        labels,
+        sandbox,
+    };
+    identity.cap_fields(&mut w);
     Ok(Parsed {
-        identity: Identity {
-            container_id: container_id.to_string(),
-            parents,
-            framework_id,
-            executor_id,
-            task_id,
-            task_name,
-            agent_id,
-            app: env_get("MARATHON_APP_ID"),
-            app_version: env_get("MARATHON_APP_VERSION"),
-            user,
-            container_class,
-            labels,
-            sandbox,
-        },
+        identity,
         override_env,
         all_labels,
         warnings: w,
@@ -359,6 +374,32 @@ pub fn parse(
 }
 
 impl Identity {
+    /// Truncates identity strings over [`MAX_FIELD_VALUE`] bytes, naming
+    /// each in a warning. (The container id and sandbox come from the agent,
+    /// not the task, and are left alone.)
+    fn cap_fields(&mut self, warnings: &mut Vec<String>) {
+        for (name, field) in [
+            ("framework_id", &mut self.framework_id),
+            ("executor_id", &mut self.executor_id),
+            ("task_id", &mut self.task_id),
+            ("task_name", &mut self.task_name),
+            ("agent_id", &mut self.agent_id),
+            ("app", &mut self.app),
+            ("app_version", &mut self.app_version),
+            ("user", &mut self.user),
+            ("container_class", &mut self.container_class),
+        ] {
+            if let Some(v) = field {
+                let len = v.len();
+                if truncate_value(v, MAX_FIELD_VALUE) {
+                    warnings.push(format!(
+                        "`{name}` is {len} bytes; truncated to {MAX_FIELD_VALUE}"
+                    ));
+                }
+            }
+        }
+    }
+
     /// Serialises for the spool's metadata file.
     pub fn to_json(&self) -> Value {
         let mut m = Map::new();
@@ -460,5 +501,30 @@ mod tests {
             .unwrap_err()
             .0
             .contains("found a number"));
+    }
+
+    #[test]
+    fn long_identity_strings_are_truncated_on_a_char_boundary() {
+        let name = "é".repeat(5000); // 10,000 bytes, 2 per char
+        let cfg = serde_json::json!({
+            "directory": "/tmp/x",
+            "user": "u".repeat(MAX_FIELD_VALUE),
+            "task_info": {"name": name, "task_id": {"value": "t1"}},
+        });
+        let p = parse("c1", &cfg.to_string(), "G_").unwrap();
+        let n = p.identity.task_name.unwrap();
+        assert!(n.ends_with("…[truncated]"));
+        assert_eq!(n.len(), MAX_FIELD_VALUE + "…[truncated]".len());
+        assert!(n.starts_with("éé"));
+        assert_eq!(
+            p.identity.user.unwrap().len(),
+            MAX_FIELD_VALUE,
+            "at the cap: kept"
+        );
+        assert_eq!(p.identity.task_id.as_deref(), Some("t1"));
+        assert_eq!(
+            p.warnings,
+            ["`task_name` is 10000 bytes; truncated to 1024"]
+        );
     }
 }

@@ -376,6 +376,71 @@ fn container_config_docker_task_label_override_sets_stderr_level() {
     );
 }
 
+#[test]
+fn oversized_identity_is_capped_so_every_record_stays_small() {
+    let d = sandbox();
+    let big = "x".repeat(200_000);
+    let labels: Vec<Value> = (0..500)
+        .map(|i| serde_json::json!({"key": format!("k{i}"), "value": "v".repeat(2000)}))
+        .collect();
+    let cfg = serde_json::json!({
+        "directory": d.path().join("sbx"),
+        "user": "nobody",
+        "executor_info": {
+            "executor_id": {"value": big},
+            "framework_id": {"value": "fw-1"},
+        },
+        "task_info": {
+            "name": big,
+            "task_id": {"value": big},
+            "labels": {"labels": labels},
+        },
+        "command_info": {"environment": {"variables": [
+            {"name": "MARATHON_APP_ID", "type": "VALUE", "value": big},
+            {"name": "MARATHON_APP_VERSION", "type": "VALUE", "value": big},
+        ]}},
+    });
+    let path = d.path().join("config.json");
+    std::fs::write(&path, cfg.to_string()).unwrap();
+    let out = run(
+        &[
+            "--sandbox",
+            d.path().join("sbx").to_str().unwrap(),
+            "--container-config",
+            path.to_str().unwrap(),
+            "--container-id",
+            "c-big",
+        ],
+        &["echo", "hello"],
+    );
+    assert!(out.status.success());
+    let msgs = gelf_lines(&out.stdout);
+    assert_eq!(msgs.len(), 1);
+    let m = &msgs[0];
+    assert_gelf(m);
+    assert_eq!(m["short_message"], "hello");
+    for f in [
+        "_executor_id",
+        "_task_name",
+        "_task_id",
+        "_app",
+        "_app_version",
+    ] {
+        let v = m[f].as_str().unwrap();
+        assert!(v.starts_with("xxx") && v.ends_with("…[truncated]"), "{f}");
+        assert!(v.len() <= 1024 + 16, "{f}: {}", v.len());
+    }
+    assert_eq!(m["_framework_id"], "fw-1");
+    // 5 capped fields + 16 KiB of labels: the record stays far below 1 MB.
+    let size = m.to_string().len();
+    assert!(size < 24 * 1024, "{size} bytes");
+    let err = String::from_utf8_lossy(&out.stderr);
+    for f in ["executor_id", "task_name", "task_id", "app`", "app_version"] {
+        assert!(err.contains(&format!("`{f}")), "warning for {f}: {err}");
+    }
+    assert!(err.contains("label(s) dropped"), "{err}");
+}
+
 /// The `_label_*` fields a record carries, sorted.
 fn label_fields(m: &Value) -> Vec<String> {
     let mut v: Vec<String> = m
