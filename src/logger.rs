@@ -288,7 +288,9 @@ fn make_spool_dirs(dir: &Path, run_as: Option<&RunAs>) -> Result<(), String> {
     mode(dir, 0o711).map_err(|e| format!("chmod {}: {e}", dir.display()))?;
     mode(&data, 0o700).map_err(|e| format!("chmod {}: {e}", data.display()))?;
     if let Some(r) = run_as {
-        std::os::unix::fs::chown(&data, Some(r.uid), Some(r.gid))
+        // lchown: `data` was just made by root in a root-only directory, but
+        // never let a link there hand a file to the task's user.
+        std::os::unix::fs::lchown(&data, Some(r.uid), Some(r.gid))
             .map_err(|e| format!("chown {} to {}: {e}", data.display(), r.user))?;
     }
     Ok(())

@@ -533,3 +533,126 @@ fn a_user_unknown_on_the_host_keeps_the_agents_user_with_a_warning() {
         "still logged\n"
     );
 }
+
+/// Runs `script` with `sh` as the task's user, in `dir`: what a hostile task
+/// can do to its own spool `data/` directory.
+fn as_task(user: &mesos_gelf_logger::privileges::RunAs, dir: &Path, script: &str) {
+    use std::os::unix::process::CommandExt;
+    let st = std::process::Command::new("sh")
+        .args(["-ec", script])
+        .current_dir(dir)
+        .uid(user.uid)
+        .gid(user.gid)
+        .status()
+        .unwrap();
+    assert!(st.success(), "as {}: {script}", user.user);
+}
+
+#[test]
+fn a_task_planting_links_and_fifos_in_its_spool_cannot_redirect_leak_or_stall_the_publisher() {
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "needs root, as the agent has"
+    );
+    let nobody = mesos_gelf_logger::privileges::lookup("nobody").unwrap();
+    let broker = Broker::start();
+    let d = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let spool = d.path().join("spool");
+    // A root-owned file the task would like the root publisher to overwrite.
+    let victim = d.path().join("victim");
+    std::fs::write(&victim, "keep\n").unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut logger = Logger::new(module_config(&broker.addr(), &spool, "hostile"), bin()).unwrap();
+    logger.initialize(false).unwrap();
+    let prepare = |id: &str, user: Option<&str>| {
+        let sbx = d.path().join(format!("sbx-{id}"));
+        std::fs::create_dir_all(&sbx).unwrap();
+        if user.is_some() {
+            std::os::unix::fs::chown(&sbx, Some(nobody.uid), Some(nobody.gid)).unwrap();
+        }
+        let mut cfg = serde_json::json!({"directory": sbx.display().to_string()});
+        if let Some(u) = user {
+            cfg["user"] = u.into();
+        }
+        let p = logger.prepare(id, &cfg.to_string(), None).unwrap();
+        (std::fs::File::from(p.stdout), std::fs::File::from(p.stderr))
+    };
+    let lines = |out: &mut std::fs::File, what: &str, from: u32, to: u32| {
+        let text: String = (from..=to).map(|i| format!("{what} {i}\n")).collect();
+        out.write_all(text.as_bytes()).unwrap();
+    };
+    // A root task whose spool the hostile task would like shipped as its own.
+    let (mut other, other_err) = prepare("other", None);
+    let (mut bad, bad_err) = prepare("bad", Some("nobody"));
+    let data = spool.join("bad/data");
+    let other_seg = spool.join("other/data/seg-00000000000000000001.spool");
+    lines(&mut other, "other", 1, 100);
+
+    // 1. Before writing, the task plants its checkpoint's temporary file as a
+    //    link to the victim; the publisher checkpoints within 200 ms of
+    //    delivering.
+    as_task(
+        &nobody,
+        &data,
+        &format!("ln -s {} checkpoint.tmp", victim.display()),
+    );
+    lines(&mut bad, "bad", 1, 100);
+    assert_eq!(
+        consume(&broker.addr(), "hostile", 200, Duration::from_secs(60)).len(),
+        200
+    );
+    let t0 = Instant::now();
+    while !std::fs::symlink_metadata(data.join("checkpoint")).is_ok_and(|m| m.is_file()) {
+        assert!(t0.elapsed() < Duration::from_secs(10), "no checkpoint");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep\n");
+
+    // 2. Then a FIFO and a link to the other container's segment as its next
+    //    segments, and a FIFO as its checkpoint; then it exits.
+    as_task(
+        &nobody,
+        &data,
+        &format!(
+            "mkfifo seg-00000000000000000050.spool; \
+             ln -s {} seg-00000000000000000060.spool; \
+             rm -f checkpoint; mkfifo checkpoint",
+            other_seg.display()
+        ),
+    );
+    assert!(other_seg.exists(), "the other container is still live");
+    drop((bad, bad_err));
+    // The bad container's spool is finished and removed; nothing stalled.
+    let t0 = Instant::now();
+    while spool.join("bad").exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the publisher never finished the bad container"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The other container is still served.
+    lines(&mut other, "other", 101, 150);
+    drop((other, other_err));
+    let msgs = consume(&broker.addr(), "hostile", 250, Duration::from_secs(60));
+    let mut by_container: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for m in &msgs {
+        let v = m.json();
+        by_container
+            .entry(v["_container_id"].as_str().unwrap().to_string())
+            .or_default()
+            .push(v["short_message"].as_str().unwrap().to_string());
+    }
+    let want =
+        |what: &str, n: u32| -> Vec<String> { (1..=n).map(|i| format!("{what} {i}")).collect() };
+    assert_eq!(by_container["bad"], want("bad", 100), "its own lines only");
+    assert_eq!(by_container["other"], want("other", 150));
+    assert_eq!(msgs.len(), 250);
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep\n");
+    let m: Value = logger.publisher().unwrap().metrics.snapshot();
+    assert!(m["torn_frames"].as_u64().unwrap() >= 2, "{m}");
+    drop(logger);
+}

@@ -249,3 +249,109 @@ fn companion_never_blocks_on_a_full_spool_and_reports_drops() {
         100_000
     );
 }
+
+fn mkfifo(p: &Path) {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o666) }, 0);
+}
+
+/// `data/` belongs to the task's user and the publisher reads it as root: a
+/// task that plants links and FIFOs there must not make the publisher write
+/// through a link, read another container's spool, or wait forever.
+#[test]
+fn planted_links_and_fifos_in_data_are_never_followed_written_or_waited_on() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    // Another container's spool, which the task would like shipped as its own.
+    let other = d.path().join("other");
+    let mut w = SpoolWriter::open(&other, 1 << 20, 1 << 30).unwrap();
+    w.append(&rec(1, b"another container's secret"));
+    w.finish().unwrap();
+    // A root-owned file the task would like overwritten, and a checkpoint
+    // elsewhere that would skip the task's records if it were read.
+    let victim = d.path().join("victim");
+    std::fs::write(&victim, "keep\n").unwrap();
+    let elsewhere = d.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    mesos_gelf_logger::spool::checkpoint::store(
+        &elsewhere,
+        Position {
+            segment: 99,
+            offset: 8,
+        },
+    )
+    .unwrap();
+
+    let mut w = SpoolWriter::open(&data, 1 << 20, 1 << 30).unwrap();
+    for i in 1..=3 {
+        w.append(&rec(i, format!("line {i}").as_bytes()));
+    }
+    w.flush();
+    drop(w);
+    mkfifo(&segment_path(&data, 2));
+    std::os::unix::fs::symlink(segment_path(&other, 1), segment_path(&data, 3)).unwrap();
+    std::os::unix::fs::symlink(&victim, data.join("checkpoint.tmp")).unwrap();
+    std::os::unix::fs::symlink(elsewhere.join("checkpoint"), data.join("checkpoint")).unwrap();
+    // The companion restarted: it writes after the highest segment (4).
+    let mut w = SpoolWriter::open(&data, 1 << 20, 1 << 30).unwrap();
+    for i in 4..=6 {
+        w.append(&rec(i, format!("line {i}").as_bytes()));
+    }
+    w.finish().unwrap();
+
+    // Read on another thread so that a hang fails the test instead of
+    // stalling it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let dir = data.clone();
+    std::thread::spawn(move || {
+        let (mut r, warning) = SpoolReader::open(&dir);
+        let mut got = Vec::new();
+        let mut last = Position::default();
+        let finished = loop {
+            match r.read_next().unwrap() {
+                Next::Record(x, p) => {
+                    got.push(String::from_utf8(x.payload).unwrap());
+                    last = p;
+                }
+                Next::Pending => break false,
+                Next::Finished => break true,
+            }
+        };
+        r.acknowledge(last).unwrap();
+        tx.send((warning, got, r.torn, finished)).unwrap();
+    });
+    let (warning, got, torn, finished) = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the reader hung on a planted FIFO");
+    let warning = warning.expect("a linked checkpoint is reported");
+    assert!(warning.contains("not a regular file"), "{warning}");
+    assert_eq!(
+        got,
+        ["line 1", "line 2", "line 3", "line 4", "line 5", "line 6"],
+        "every record of its own, from the start, nothing of the other's"
+    );
+    assert_eq!(torn, 2, "the FIFO and the link are counted as torn");
+    assert!(finished);
+    // The checkpoint was written as a new regular file; the link planted as
+    // its temporary file was removed, its target never touched.
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep\n");
+    let meta = std::fs::symlink_metadata(data.join("checkpoint")).unwrap();
+    assert!(meta.file_type().is_file());
+    assert!(!data.join("checkpoint.tmp").exists());
+    assert_eq!(
+        mesos_gelf_logger::spool::checkpoint::load(&elsewhere).unwrap(),
+        Some(Position {
+            segment: 99,
+            offset: 8
+        }),
+        "the other checkpoint is untouched"
+    );
+    // A FIFO as the checkpoint reads as corrupt at once.
+    std::fs::remove_file(data.join("checkpoint")).unwrap();
+    mkfifo(&data.join("checkpoint"));
+    let t0 = std::time::Instant::now();
+    let (r, warning) = SpoolReader::open(&data);
+    assert!(t0.elapsed() < std::time::Duration::from_secs(1));
+    assert!(warning.unwrap().contains("not a regular file"));
+    assert_eq!(r.position(), Position::default());
+}

@@ -48,6 +48,16 @@
 //! (write `checkpoint.tmp`, rename). An unreadable checkpoint means "start at
 //! the oldest segment": duplicates, never loss. Segments below the
 //! checkpoint's are deleted by the publisher.
+//!
+//! # Trust
+//!
+//! `data/` belongs to the task's user, and the publisher runs as root in the
+//! agent: every file it opens there goes through [`open_untrusted`] (no
+//! symlink, no FIFO, regular files only) and every file it creates through
+//! [`write_atomic`] (`O_CREAT | O_EXCL | O_NOFOLLOW`). A planted link can
+//! therefore never make root read, truncate or write anything else, and a
+//! planted FIFO cannot stall the publisher. A non-regular segment is skipped
+//! as torn; a non-regular checkpoint reads as corrupt.
 
 pub mod checkpoint;
 pub mod meta;
@@ -123,12 +133,55 @@ pub fn mark_done(dir: &Path) -> std::io::Result<()> {
         .map(|_| ())
 }
 
+/// Opens `path` for reading in a directory another user may control: never
+/// follows a symlink (`O_NOFOLLOW`), never blocks on a FIFO (`O_NONBLOCK`),
+/// and accepts only a regular file. A link or a special file is an
+/// `InvalidInput` error naming it.
+pub fn open_untrusted(path: &Path) -> std::io::Result<std::fs::File> {
+    let refuse = || {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{} is not a regular file; not opened", path.display()),
+        )
+    };
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                refuse()
+            } else {
+                e
+            }
+        })?;
+    if !f.metadata()?.is_file() {
+        return Err(refuse());
+    }
+    Ok(f)
+}
+
 /// Writes `data` to `dir/name` atomically (temporary file, fsync, rename).
+///
+/// Safe in a directory the task's user owns: the temporary file is created
+/// with `O_EXCL | O_NOFOLLOW` after unlinking whatever had its name (unlink
+/// never follows a link), so a planted `name.tmp -> /etc/passwd` is removed,
+/// never written through; if one is planted again in between, this write
+/// fails instead. `rename` replaces the entry `name`, never a link's target.
 pub fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let tmp = dir.join(format!("{name}.tmp"));
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
     {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+            .open(&tmp)?;
         f.write_all(data)?;
         f.sync_data()?;
     }

@@ -6,7 +6,6 @@ use super::record::{decode_frame, Decoded, Record, HEADER_LEN};
 use super::{list_segments, segment_path, DONE_FILE, MAGIC};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// Read size. Kept small because the publisher holds one reader per
@@ -90,25 +89,36 @@ impl SpoolReader {
             .unwrap_or(false)
     }
 
-    /// Opens the current segment or the first one after it.
+    /// Opens the current segment or the first one after it. A segment that
+    /// is not a regular file (a link or FIFO the task planted in its `data/`)
+    /// is counted as torn and skipped, never followed or waited on.
     fn open_segment(&mut self) -> std::io::Result<bool> {
-        let segs = list_segments(&self.dir)?;
-        let Some(&first) = segs.iter().find(|&&i| i >= self.pos.segment.max(1)) else {
-            return Ok(false);
-        };
-        if first != self.pos.segment {
-            if self.pos.segment != 0 {
-                self.skipped_segments += 1;
-            }
-            self.pos = Position {
-                segment: first,
-                offset: 0,
+        let mut f = loop {
+            let segs = list_segments(&self.dir)?;
+            let Some(&first) = segs.iter().find(|&&i| i >= self.pos.segment.max(1)) else {
+                return Ok(false);
             };
-        }
-        let mut f = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
-            .open(segment_path(&self.dir, first))?;
+            if first != self.pos.segment {
+                if self.pos.segment != 0 {
+                    self.skipped_segments += 1;
+                }
+                self.pos = Position {
+                    segment: first,
+                    offset: 0,
+                };
+            }
+            match super::open_untrusted(&segment_path(&self.dir, first)) {
+                Ok(f) => break f,
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+                    self.torn += 1;
+                    self.pos = Position {
+                        segment: first + 1,
+                        offset: 0,
+                    };
+                }
+                Err(e) => return Err(e),
+            }
+        };
         if self.pos.offset < MAGIC.len() as u64 {
             self.pos.offset = 0;
         } else {
