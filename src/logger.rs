@@ -103,9 +103,9 @@ impl Logger {
         self.publisher.as_ref()
     }
 
-    /// Creates the spool root (mode 0711: companions running as their
-    /// container's user must reach their own `data/`, nobody may list it)
-    /// and starts the publisher thread.
+    /// Creates the spool root (mode 0700: only root passes; companions enter
+    /// their `data/` before they drop privileges) and starts the publisher
+    /// thread.
     pub fn initialize(&mut self, exit_when_empty: bool) -> Result<(), String> {
         std::fs::create_dir_all(&self.spool_dir).map_err(|e| {
             format!(
@@ -114,7 +114,7 @@ impl Logger {
             )
         })?;
         use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(&self.spool_dir, std::fs::Permissions::from_mode(0o711));
+        let _ = std::fs::set_permissions(&self.spool_dir, std::fs::Permissions::from_mode(0o700));
         if self.publisher.is_none() {
             self.publisher = Some(Handle::spawn(
                 self.config.clone(),
@@ -277,15 +277,17 @@ impl Logger {
     }
 }
 
-/// `<key>/` (root, 0711, holds meta.json) and `<key>/data/` (the companion's
-/// user, 0700): the task can write its spool but not its identity.
+/// `<key>/` (root, 0700, holds meta.json) and `<key>/data/` (the companion's
+/// user, 0700): the companion can write the spool, the task cannot reach it.
 fn make_spool_dirs(dir: &Path, run_as: Option<&RunAs>) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
     let data = crate::spool::data_dir(dir);
     std::fs::create_dir_all(&data)
         .map_err(|e| format!("cannot create spool {}: {e}", data.display()))?;
     let mode = |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m));
-    mode(dir, 0o711).map_err(|e| format!("chmod {}: {e}", dir.display()))?;
+    // 0700: only root may pass; the companion enters `data/` before it
+    // drops to the task's user (see companion::run), the task never can.
+    mode(dir, 0o700).map_err(|e| format!("chmod {}: {e}", dir.display()))?;
     mode(&data, 0o700).map_err(|e| format!("chmod {}: {e}", data.display()))?;
     if let Some(r) = run_as {
         // lchown: `data` was just made by root in a root-only directory, but

@@ -453,11 +453,29 @@ fn companion_runs_as_the_containers_user_and_cannot_alter_its_identity() {
         uid_of(pid),
         nobody.uid
     );
+    let data = spool.join("priv-check/data");
+    // The task (same user) cannot reach its spool by any path, nor through
+    // the companion's /proc entries (not dumpable after setuid).
+    for attempt in [
+        format!("ls {}", data.display()),
+        format!("touch {}/planted", data.display()),
+        format!("cat {}/meta.json", spool.join("priv-check").display()),
+        format!("ls /proc/{pid}/cwd/"),
+        format!("ls /proc/{pid}/fd/"),
+    ] {
+        assert!(!as_task(&nobody, &attempt), "the task could: {attempt}");
+    }
+    // Controls: the task can list its sandbox, and root sees the companion
+    // working in data/.
+    assert!(as_task(&nobody, &format!("ls {}", sbx.display())));
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap(),
+        data.canonicalize().unwrap()
+    );
     let mut out = std::fs::File::from(p.stdout);
     writeln!(out, "hello from nobody").unwrap();
     drop(out);
     drop(p.stderr);
-    let data = spool.join("priv-check/data");
     let t0 = Instant::now();
     // Written to the sandbox, and the spool finished (or already published
     // and removed).
@@ -484,10 +502,10 @@ fn companion_runs_as_the_containers_user_and_cannot_alter_its_identity() {
     let key = std::fs::metadata(spool.join("priv-check")).unwrap();
     assert_eq!(
         (key.uid(), key.mode() & 0o777),
-        (0, 0o711),
-        "identity dir: root, enter-only"
+        (0, 0o700),
+        "identity dir: root only"
     );
-    assert_eq!(std::fs::metadata(&spool).unwrap().mode() & 0o777, 0o711);
+    assert_eq!(std::fs::metadata(&spool).unwrap().mode() & 0o777, 0o700);
     let meta = std::fs::metadata(spool.join("priv-check/meta.json")).unwrap();
     assert_eq!(
         meta.uid(),
@@ -534,18 +552,19 @@ fn a_user_unknown_on_the_host_keeps_the_agents_user_with_a_warning() {
     );
 }
 
-/// Runs `script` with `sh` as the task's user, in `dir`: what a hostile task
-/// can do to its own spool `data/` directory.
-fn as_task(user: &mesos_gelf_logger::privileges::RunAs, dir: &Path, script: &str) {
+/// Runs `script` with `sh -e` as the task's user: what a hostile task can
+/// do. Returns whether it succeeded.
+fn as_task(user: &mesos_gelf_logger::privileges::RunAs, script: &str) -> bool {
     use std::os::unix::process::CommandExt;
-    let st = std::process::Command::new("sh")
+    std::process::Command::new("sh")
         .args(["-ec", script])
-        .current_dir(dir)
+        .current_dir("/")
         .uid(user.uid)
         .gid(user.gid)
+        .stderr(std::process::Stdio::null())
         .status()
-        .unwrap();
-    assert!(st.success(), "as {}: {script}", user.user);
+        .unwrap()
+        .success()
 }
 
 #[test]
@@ -588,17 +607,26 @@ fn a_task_planting_links_and_fifos_in_its_spool_cannot_redirect_leak_or_stall_th
     let (mut other, other_err) = prepare("other", None);
     let (mut bad, bad_err) = prepare("bad", Some("nobody"));
     let data = spool.join("bad/data");
+    // The task cannot reach its data/ (see the test above). Defence in depth:
+    // should it get there anyway, as through the 0711 directories earlier
+    // versions made, the root publisher still trusts nothing in it.
+    for p in [&spool, &spool.join("bad")] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o711)).unwrap();
+    }
     let other_seg = spool.join("other/data/seg-00000000000000000001.spool");
     lines(&mut other, "other", 1, 100);
 
     // 1. Before writing, the task plants its checkpoint's temporary file as a
     //    link to the victim; the publisher checkpoints within 200 ms of
     //    delivering.
-    as_task(
+    assert!(as_task(
         &nobody,
-        &data,
-        &format!("ln -s {} checkpoint.tmp", victim.display()),
-    );
+        &format!(
+            "cd {}; ln -s {} checkpoint.tmp",
+            data.display(),
+            victim.display()
+        ),
+    ));
     lines(&mut bad, "bad", 1, 100);
     assert_eq!(
         consume(&broker.addr(), "hostile", 200, Duration::from_secs(60)).len(),
@@ -613,16 +641,16 @@ fn a_task_planting_links_and_fifos_in_its_spool_cannot_redirect_leak_or_stall_th
 
     // 2. Then a FIFO and a link to the other container's segment as its next
     //    segments, and a FIFO as its checkpoint; then it exits.
-    as_task(
+    assert!(as_task(
         &nobody,
-        &data,
         &format!(
-            "mkfifo seg-00000000000000000050.spool; \
+            "cd {}; mkfifo seg-00000000000000000050.spool; \
              ln -s {} seg-00000000000000000060.spool; \
              rm -f checkpoint; mkfifo checkpoint",
+            data.display(),
             other_seg.display()
         ),
-    );
+    ));
     assert!(other_seg.exists(), "the other container is still live");
     drop((bad, bad_err));
     // The bad container's spool is finished and removed; nothing stalled.

@@ -116,6 +116,18 @@ pub fn run(args: &CompanionArgs) {
             )),
         ),
     };
+    // The spool's `data/` is reached through the working directory only,
+    // entered while we may still be root: `<spool>/<key>/` is root's 0700,
+    // so after the drop neither this process nor the task (same user) can
+    // reach `data/` by any path. The task cannot fill, read or plant
+    // anything in its spool; we are not dumpable after setuid, so it cannot
+    // borrow our cwd through /proc either. The sandbox path is made
+    // absolute first, as the working directory changes.
+    let sandbox = std::path::absolute(&args.sandbox).unwrap_or_else(|_| args.sandbox.clone());
+    let data = match std::env::set_current_dir(crate::spool::data_dir(&args.spool)) {
+        Ok(()) => PathBuf::from("."),
+        Err(_) => crate::spool::data_dir(&args.spool),
+    };
     // Before anything in the sandbox or the spool is opened.
     if let Some(r) = meta.as_ref().ok().and_then(|m| m.run_as.as_ref()) {
         if let Err(e) = crate::privileges::drop_to(r) {
@@ -125,7 +137,6 @@ pub fn run(args: &CompanionArgs) {
             ));
         }
     }
-    let data = crate::spool::data_dir(&args.spool);
     let multiline = settings.multiline_start.as_deref().and_then(|re| {
         regex::bytes::Regex::new(re).ok().map(|r| {
             (
@@ -157,7 +168,7 @@ pub fn run(args: &CompanionArgs) {
             fd,
             open: fd >= 0,
             sandbox: SandboxFile::new(
-                &args.sandbox,
+                &sandbox,
                 name,
                 settings.sandbox_max_size,
                 settings.sandbox_max_files,

@@ -4,11 +4,13 @@
 //! # Layout
 //!
 //! ```text
-//! <spool_dir>/                   root, 0711 (enter, not list)
-//!   <container key>/             root, 0711
+//! <spool_dir>/                   root, 0700
+//!   <container key>/             root, 0700: nobody but root passes
 //!     meta.json                  identity + settings + run_as; written by prepare()
 //!                                before the companion starts; the task cannot alter it
-//!     data/                      the container user (the companion runs as it), 0700
+//!     data/                      the container user (the companion runs as it), 0700;
+//!                                the companion enters it before dropping to that
+//!                                user and reaches it only as its working directory
 //!       seg-<20 digits>.spool    segments, numbered from 1, append-only, one writer
 //!       checkpoint               the publisher's resume position (atomic rename)
 //!       done                     empty marker: the companion wrote its last record
@@ -51,8 +53,11 @@
 //!
 //! # Trust
 //!
-//! `data/` belongs to the task's user, and the publisher runs as root in the
-//! agent: every file it opens there goes through [`open_untrusted`] (no
+//! `data/` belongs to the task's user, though the task cannot reach it (its
+//! parent is root's 0700). Should one get there anyway (a spool from a
+//! version that made the parent 0711, a changed mode), the publisher, which
+//! runs as root in the agent, still trusts nothing in it: every file it
+//! opens there goes through [`open_untrusted`] (no
 //! symlink, no FIFO, regular files only) and every file it creates through
 //! [`write_atomic`] (`O_CREAT | O_EXCL | O_NOFOLLOW`). A planted link can
 //! therefore never make root read, truncate or write anything else, and a
