@@ -230,8 +230,17 @@ fn watch_hwm(pid: u32) -> std::thread::JoinHandle<u64> {
     })
 }
 
-fn find_companion(needle: &str) -> Option<u32> {
-    support::companion_pids(needle).first().copied()
+/// Waits for the companion writing to `spool` and samples its peak RSS.
+fn watch_companion(spool: &Path) -> std::thread::JoinHandle<u64> {
+    let t0 = Instant::now();
+    let pid = loop {
+        if let Some(p) = support::companion_pids(spool.to_str().unwrap()).first() {
+            break *p;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "no companion");
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    watch_hwm(pid)
 }
 
 #[test]
@@ -261,14 +270,7 @@ fn a_gigabyte_without_newline_keeps_memory_bounded_and_ships_valid_parts() {
         .spawn()
         .unwrap();
     let t0 = Instant::now();
-    let pid = loop {
-        if let Some(p) = find_companion(spool.to_str().unwrap()) {
-            break p;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(10), "no companion");
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    let hwm = watch_hwm(pid);
+    let hwm = watch_companion(&spool);
     let out = std::io::BufReader::with_capacity(4 << 20, run.stdout.take().unwrap());
     let (mut parts, mut bytes) = (0u64, 0u64);
     for line in out.lines() {
@@ -334,15 +336,7 @@ fn a_ten_megabyte_line_of_binary_junk_ships_valid_parts_and_loses_no_byte() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let t0 = Instant::now();
-    let pid = loop {
-        if let Some(p) = find_companion(spool.to_str().unwrap()) {
-            break p;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(10), "no companion");
-        std::thread::sleep(Duration::from_millis(2));
-    };
-    let hwm = watch_hwm(pid);
+    let hwm = watch_companion(&spool);
     let mut out = Vec::new();
     std::io::Read::read_to_end(&mut run.stdout.take().unwrap(), &mut out).unwrap();
     assert!(run.wait().unwrap().success());
