@@ -34,11 +34,7 @@ fn truncate_value(v: &mut String, max: usize) -> bool {
     if v.len() <= max {
         return false;
     }
-    let mut cut = max;
-    while !v.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    v.truncate(cut);
+    v.truncate(v.floor_char_boundary(max));
     v.push_str("…[truncated]");
     true
 }

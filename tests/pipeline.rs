@@ -309,20 +309,17 @@ fn run_config_with(
     let d = sandbox();
     let cfg = shared(&format!("fixtures/container_config/{fixture}"));
     let mut args = vec![
-        "--sandbox",
-        d.path().to_str().unwrap(),
         "--container-config",
         cfg.to_str().unwrap(),
         "--container-id",
         container_id,
     ];
     args.extend_from_slice(extra);
-    let out = run(&args, &["sh", "-c", "echo to-stdout; echo to-stderr >&2"]);
-    let msgs = gelf_lines(&out.stdout);
-    for m in &msgs {
-        assert_gelf(m);
-    }
-    (msgs, out)
+    run_in(
+        d.path(),
+        &args,
+        &["sh", "-c", "echo to-stdout; echo to-stderr >&2"],
+    )
 }
 
 #[test]
@@ -402,10 +399,9 @@ fn oversized_identity_is_capped_so_every_record_stays_small() {
     });
     let path = d.path().join("config.json");
     std::fs::write(&path, cfg.to_string()).unwrap();
-    let out = run(
+    let (msgs, out) = run_in(
+        &d.path().join("sbx"),
         &[
-            "--sandbox",
-            d.path().join("sbx").to_str().unwrap(),
             "--container-config",
             path.to_str().unwrap(),
             "--container-id",
@@ -414,10 +410,8 @@ fn oversized_identity_is_capped_so_every_record_stays_small() {
         &["echo", "hello"],
     );
     assert!(out.status.success());
-    let msgs = gelf_lines(&out.stdout);
     assert_eq!(msgs.len(), 1);
     let m = &msgs[0];
-    assert_gelf(m);
     assert_eq!(m["short_message"], "hello");
     for f in [
         "_executor_id",
