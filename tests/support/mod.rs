@@ -15,9 +15,12 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_mesos-gelf"))
 }
 
+/// A team fixture. `tests/shared/` holds verbatim copies of the team's
+/// `../shared/fixtures`, so that a clone anywhere (CI's included) has them;
+/// refresh with `cp -a ../shared/fixtures tests/shared/`.
 pub fn shared(rel: &str) -> PathBuf {
     let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared")
+        .join("tests/shared")
         .join(rel);
     assert!(p.exists(), "missing shared fixture {}", p.display());
     p
