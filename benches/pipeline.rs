@@ -509,7 +509,7 @@ fn scale(addr: &str, root: &Path) {
     ])
     .unwrap();
     let mut logger = Logger::new(cfg, support::bin()).unwrap();
-    logger.initialize(false).unwrap();
+    logger.initialize(None).unwrap();
     let mut handles = Vec::new();
     for i in 0..100 {
         let sbx = root.join(format!("sbx{i}"));

@@ -105,7 +105,7 @@ fn create_logger(params: &Vec<ffi::Param>) -> Result<Box<ModuleLogger>, String> 
 
 impl ModuleLogger {
     fn initialize(&mut self) -> Result<(), String> {
-        self.inner.initialize(false)?;
+        self.inner.initialize(None)?;
         crate::log::info(&format!(
             "mesos-gelf logger ready: spool {}, topic {}",
             self.inner.spool_dir().display(),

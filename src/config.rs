@@ -222,6 +222,25 @@ fn parse_regex(s: &str) -> Result<Option<String>, String> {
         .map_err(|e| format!("invalid regex: {e}"))
 }
 
+/// A Kafka topic name as the broker accepts it: 1 to 249 characters of
+/// `[a-zA-Z0-9._-]`, and neither `.` nor `..` (Kafka refuses both).
+pub fn check_topic(value: &str) -> Result<String, String> {
+    let v = value.trim();
+    if v.is_empty()
+        || v.len() > 249
+        || v == "."
+        || v == ".."
+        || !v
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
+        return Err(format!(
+            "`{value}` is not a Kafka topic name (1-249 of [a-zA-Z0-9._-], not `.` or `..`)"
+        ));
+    }
+    Ok(v.to_string())
+}
+
 /// Checks that a static field / label-derived field name is usable.
 fn check_field_name(key: &str, name: &str) -> Result<(), ConfigError> {
     if name.is_empty() || !name.bytes().all(crate::gelf::is_field_byte) {
@@ -241,20 +260,7 @@ impl ContainerSettings {
     /// Returns Ok(false) when `key` is not a per-container setting.
     fn apply(&mut self, key: &str, value: &str) -> Result<bool, String> {
         match key {
-            "topic" => {
-                let v = value.trim();
-                if v.is_empty()
-                    || v.len() > 249
-                    || !v
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-                {
-                    return Err(format!(
-                        "`{value}` is not a Kafka topic name (1-249 of [a-zA-Z0-9._-])"
-                    ));
-                }
-                self.topic = v.to_string();
-            }
+            "topic" => self.topic = check_topic(value)?,
             "disable" => self.disable = parse_bool(value)?,
             "level_stdout" => self.level_stdout = parse_level(value)?,
             "level_stderr" => self.level_stderr = parse_level(value)?,
@@ -312,6 +318,14 @@ impl ContainerSettings {
         self.spool_segment_size
             .min(self.spool_max_size / 4)
             .max(4096)
+    }
+
+    /// The largest record (line, part or joined multiline record) the
+    /// companion makes: `max_line_bytes` and `multiline_max_bytes`, but never
+    /// more than a quarter of `spool_max_size`, so that the cap can always
+    /// keep the newest records whole. Longer lines come in parts.
+    pub fn record_limit(&self) -> usize {
+        ((self.spool_max_size / 4).saturating_sub(64) as usize).max(64)
     }
 
     /// Applies per-container overrides: environment variables
@@ -404,6 +418,9 @@ impl Config {
                         key,
                         "missing the librdkafka property name after `kafka.`",
                     ));
+                }
+                if prop == "bootstrap.servers" && value.trim().is_empty() {
+                    return Err(err(key, "must not be empty (host:port[,host:port...])"));
                 }
                 c.kafka.insert(prop.to_string(), value.to_string());
                 continue;
@@ -526,6 +543,13 @@ mod tests {
         assert_eq!(e.key, "field.bad name");
         let e = Config::from_pairs(&[("topic", "no spaces")]).unwrap_err();
         assert_eq!(e.key, "topic");
+        for bad in [".", "..", " .. ", &"t".repeat(250)] {
+            let e = Config::from_pairs(&[("topic", bad)]).unwrap_err();
+            assert_eq!(e.key, "topic", "{bad}");
+        }
+        assert!(Config::from_pairs(&[("topic", "...")]).is_ok());
+        let e = Config::from_pairs(&[("kafka.bootstrap.servers", " ")]).unwrap_err();
+        assert_eq!(e.key, "kafka.bootstrap.servers");
     }
 
     #[test]
@@ -551,14 +575,19 @@ mod tests {
             ),
             ("GELF_LOGGER_LEVEL_STDOUT".to_string(), "eleven".to_string()),
             ("GELF_LOGGER_SPOOL_DIR".to_string(), "/tmp".to_string()),
+            ("GELF_LOGGER_DISABLE".to_string(), "maybe".to_string()),
             ("DATABASE_PASSWORD".to_string(), "x".to_string()),
         ];
-        let labels = vec![("gelf.level_stderr".to_string(), "4".to_string())];
+        let labels = vec![
+            ("gelf.level_stderr".to_string(), "4".to_string()),
+            ("gelf.topic".to_string(), "..".to_string()),
+        ];
         let (s, w) = base.resolve("GELF_LOGGER_", &env, &labels);
         assert_eq!(s.topic, "storefront_logs");
         assert_eq!(s.level_stderr, 4);
         assert_eq!(s.level_stdout, 6);
-        assert_eq!(w.len(), 2, "{w:?}");
+        assert_eq!(w.len(), 4, "{w:?}");
+        assert!(w.iter().any(|m| m.contains("gelf.topic") && m.contains("`..`")));
         assert!(w.iter().any(|m| m.contains("GELF_LOGGER_LEVEL_STDOUT")));
         assert!(w.iter().any(|m| m.contains("cannot be set per task")));
     }

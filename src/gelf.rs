@@ -23,6 +23,7 @@
 
 use crate::config::{Config, ContainerSettings, LabelFilter};
 use crate::metadata::Identity;
+use crate::spool::notice;
 use crate::spool::record::{flags, Record, Stream};
 use std::borrow::Cow;
 
@@ -49,14 +50,75 @@ fn push_field(out: &mut Vec<u8>, name: &str, value: &str) {
     push_str(out, value);
 }
 
+/// The smallest message limit an encoder accepts: the floor form (host and
+/// container id of at most 64 bytes each, the per-record fields, a few
+/// bytes of the line) always fits in it.
+pub const MIN_MESSAGE_BYTES: usize = 600;
+
+/// Bytes of host and container id kept in the floor form.
+const FLOOR_ID_BYTES: usize = 64;
+
+/// How an encoding turned out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fit {
+    /// The whole record.
+    Whole,
+    /// The payload was cut to fit (`_truncated`, `_original_bytes`).
+    Cut,
+    /// Not even an empty payload fits the limit: nothing usable was written.
+    Over,
+}
+
+/// Which container fields go into each message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FieldSet {
+    /// Identity, labels, static fields.
+    All,
+    /// Identity only: labels and static fields left out.
+    Identity,
+    /// The floor: host and container id, cut to 64 plain bytes each.
+    Floor,
+}
+
 /// Encodes records of one container.
+///
+/// The container fields (identity, labels, static fields) are fixed for a
+/// container and may be large (a task controls its labels), so they are
+/// never allowed to take more than half of the message limit: past that,
+/// labels and static fields are left out, then the identity is reduced to
+/// host and container id, and each message says how many fields were left
+/// out (`_fields_dropped`). The other half holds the per-record fields and
+/// the line, cut if need be. So every record fits any limit of at least
+/// [`MIN_MESSAGE_BYTES`].
 #[derive(Debug, Clone)]
 pub struct Encoder {
-    /// `,"host":...,"_container_id":...` etc., serialised once.
-    container_fields: Vec<u8>,
+    /// `,"host":...,"_container_id":...` etc., serialised once per set.
+    all: Vec<u8>,
+    identity: Vec<u8>,
+    floor: Vec<u8>,
+    /// Fields in `all`, and in `identity`.
+    all_count: usize,
+    identity_count: usize,
+    /// The set in use at the current limit, with its `_fields_dropped`.
+    set: FieldSet,
+    chosen: Vec<u8>,
     level_stdout: u8,
     level_stderr: u8,
     max_bytes: usize,
+}
+
+/// `s` as a plain name: `[A-Za-z0-9._:-]`, others `_`, at most `n` bytes.
+fn plain(s: &str, n: usize) -> String {
+    s.bytes()
+        .take(n)
+        .map(|b| {
+            if is_field_byte(b) || b == b':' {
+                b as char
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 impl Encoder {
@@ -80,10 +142,12 @@ impl Encoder {
         max_bytes: usize,
     ) -> Encoder {
         let mut f = Vec::with_capacity(512);
+        let mut count = 2;
         push_field(&mut f, "host", host);
         push_field(&mut f, "_container_id", &id.container_id);
         if !id.parents.is_empty() {
             push_field(&mut f, "_parent_container_id", &id.parents.join("."));
+            count += 1;
         }
         let opt = [
             ("_framework_id", &id.framework_id),
@@ -96,12 +160,15 @@ impl Encoder {
             ("_user", &id.user),
         ];
         let mut seen: Vec<String> = opt.iter().map(|(k, _)| k.to_string()).collect();
-        seen.extend(["_container_id", "_stream", "_seq", "_id"].map(String::from));
+        seen.extend(["_container_id", "_stream", "_seq", "_id", "_fields_dropped"].map(String::from));
         for (k, v) in opt {
             if let Some(v) = v {
                 push_field(&mut f, k, v);
+                count += 1;
             }
         }
+        let identity = f.clone();
+        let identity_count = count;
         for (k, v) in &id.labels {
             if !labels.allows(k) {
                 continue;
@@ -112,6 +179,7 @@ impl Encoder {
             }
             push_field(&mut f, &name, v);
             seen.push(name);
+            count += 1;
         }
         for (k, v) in static_fields {
             let name = format!("_{}", sanitize_name(k));
@@ -120,32 +188,94 @@ impl Encoder {
             }
             push_field(&mut f, &name, v);
             seen.push(name);
+            count += 1;
         }
-        Encoder {
-            container_fields: f,
+        let mut floor = Vec::with_capacity(2 * FLOOR_ID_BYTES + 32);
+        push_field(&mut floor, "host", &plain(host, FLOOR_ID_BYTES));
+        push_field(
+            &mut floor,
+            "_container_id",
+            &plain(&id.container_id, FLOOR_ID_BYTES),
+        );
+        let mut e = Encoder {
+            all: f,
+            identity,
+            floor,
+            all_count: count,
+            identity_count,
+            set: FieldSet::All,
+            chosen: Vec::new(),
             level_stdout: settings.level_stdout,
             level_stderr: settings.level_stderr,
-            max_bytes,
-        }
+            max_bytes: 0,
+        };
+        e.set_max_bytes(max_bytes);
+        e
     }
 
     pub fn max_bytes(&self) -> usize {
         self.max_bytes
     }
 
-    /// Lowers the size limit (after the broker rejected a message as too large).
-    pub fn set_max_bytes(&mut self, n: usize) {
-        self.max_bytes = n;
+    /// Container fields left out at the current limit (0: none).
+    pub fn fields_dropped(&self) -> usize {
+        match self.set {
+            FieldSet::All => 0,
+            FieldSet::Identity => self.all_count - self.identity_count,
+            FieldSet::Floor => self.all_count - 2,
+        }
     }
 
-    /// Appends the GELF JSON of `rec` to `out` (no trailing newline).
-    /// Returns true when the payload had to be truncated to fit.
-    pub fn encode(&self, rec: &Record, out: &mut Vec<u8>) -> bool {
+    /// Sets the size limit (lowered after the broker rejected a message as
+    /// too large; never below [`MIN_MESSAGE_BYTES`]) and picks the container
+    /// fields that fit in half of it.
+    pub fn set_max_bytes(&mut self, n: usize) {
+        self.max_bytes = n.max(MIN_MESSAGE_BYTES);
+        let budget = self.max_bytes / 2;
+        self.set = if self.all.len() <= budget {
+            FieldSet::All
+        } else if self.identity.len() + 32 <= budget {
+            FieldSet::Identity
+        } else {
+            FieldSet::Floor
+        };
+        self.chosen = match self.set {
+            FieldSet::All => self.all.clone(),
+            FieldSet::Identity => self.identity.clone(),
+            FieldSet::Floor => self.floor.clone(),
+        };
+        let dropped = self.fields_dropped();
+        if dropped > 0 {
+            use std::io::Write;
+            let _ = write!(self.chosen, ",\"_fields_dropped\":{dropped}");
+        }
+    }
+
+    /// Appends the GELF JSON of `rec` to `out` (no trailing newline), cut to
+    /// the limit if need be. On [`Fit::Over`] `out` is left as it was.
+    pub fn encode(&self, rec: &Record, out: &mut Vec<u8>) -> Fit {
+        if rec.stream == Stream::Notice {
+            // A notice's payload is JSON (text + loss fields): ship the text
+            // as the message and the rest as fields.
+            let n = notice::parse(&rec.payload);
+            let mut r = rec.clone();
+            r.payload = n.text.into_bytes();
+            return self.encode_with(&r, &n.fields, out);
+        }
+        self.encode_with(rec, &[], out)
+    }
+
+    fn encode_with(
+        &self,
+        rec: &Record,
+        fields: &[(String, serde_json::Value)],
+        out: &mut Vec<u8>,
+    ) -> Fit {
         let start = out.len();
-        self.encode_payload(rec, &rec.payload, None, out);
+        self.encode_payload(rec, &rec.payload, None, fields, out);
         let len = out.len() - start;
         if len <= self.max_bytes {
-            return false;
+            return Fit::Whole;
         }
         // Too large for the sink: cut the payload by the excess (plus room for
         // the markers and escaping growth), retrying with less if needed.
@@ -153,9 +283,13 @@ impl Encoder {
         loop {
             out.truncate(start);
             let cut = utf8_floor(&rec.payload, keep);
-            self.encode_payload(rec, &rec.payload[..cut], Some(rec.payload.len()), out);
-            if out.len() - start <= self.max_bytes || cut == 0 {
-                return true;
+            self.encode_payload(rec, &rec.payload[..cut], Some(rec.payload.len()), fields, out);
+            if out.len() - start <= self.max_bytes {
+                return Fit::Cut;
+            }
+            if cut == 0 {
+                out.truncate(start);
+                return Fit::Over;
             }
             keep = cut / 2;
         }
@@ -166,6 +300,7 @@ impl Encoder {
         rec: &Record,
         payload: &[u8],
         original: Option<usize>,
+        fields: &[(String, serde_json::Value)],
         out: &mut Vec<u8>,
     ) {
         let text: Cow<str> = String::from_utf8_lossy(payload);
@@ -213,7 +348,13 @@ impl Encoder {
         if let Some(n) = original {
             let _ = write!(out, ",\"_truncated\":true,\"_original_bytes\":{n}");
         }
-        out.extend_from_slice(&self.container_fields);
+        for (k, v) in fields {
+            out.push(b',');
+            push_str(out, k);
+            out.push(b':');
+            serde_json::to_writer(&mut *out, v).expect("writing JSON to a Vec cannot fail");
+        }
+        out.extend_from_slice(&self.chosen);
         out.push(b'}');
     }
 }

@@ -10,12 +10,13 @@ use crate::config::Config;
 use crate::log;
 use crate::metadata;
 use crate::privileges::RunAs;
-use crate::publisher::Handle;
+use crate::publisher::{Handle, Options};
 use crate::spool::{container_key, ContainerMeta};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 /// The write ends handed to the container (stdout, stderr), and what the
@@ -105,8 +106,9 @@ impl Logger {
 
     /// Creates the spool root (mode 0700: only root passes; companions enter
     /// their `data/` before they drop privileges) and starts the publisher
-    /// thread.
-    pub fn initialize(&mut self, exit_when_empty: bool) -> Result<(), String> {
+    /// thread: in the agent with [`Options::agent`], for `run` with options
+    /// of its own.
+    pub fn initialize(&mut self, opts: Option<Options>) -> Result<(), String> {
         std::fs::create_dir_all(&self.spool_dir).map_err(|e| {
             format!(
                 "parameter `spool_dir`: cannot create {}: {e}",
@@ -116,21 +118,17 @@ impl Logger {
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(&self.spool_dir, std::fs::Permissions::from_mode(0o700));
         if self.publisher.is_none() {
-            self.publisher = Some(Handle::spawn(
-                self.config.clone(),
-                &self.spool_dir,
-                exit_when_empty,
-            )?);
+            let opts = opts.unwrap_or_else(|| {
+                Options::agent(&self.spool_dir, Arc::new(AtomicBool::new(false)))
+            });
+            self.publisher = Some(Handle::spawn(self.config.clone(), opts)?);
         }
         Ok(())
     }
 
-    /// Waits for the publisher to exit (it must have been started with
-    /// `exit_when_empty`): every record of every container is delivered.
-    pub fn wait_publisher(&mut self) {
-        if let Some(h) = self.publisher.take() {
-            h.join();
-        }
+    /// Takes the publisher thread's handle (to wait for it).
+    pub fn take_publisher(&mut self) -> Option<Handle> {
+        self.publisher.take()
     }
 
     /// Sets up one container and returns its stdout/stderr write ends.
@@ -163,15 +161,12 @@ impl Logger {
         }
         let run_as = self.run_as(identity.user.as_deref(), &mut warnings);
         let key = container_key(container_id);
-        let dir = self.spool_dir.join(&key);
-        make_spool_dirs(&dir, run_as.as_ref())?;
         let meta = ContainerMeta {
             identity,
             settings,
             run_as,
         };
-        meta.store(&dir)
-            .map_err(|e| format!("cannot write {}/meta.json: {e}", dir.display()))?;
+        let dir = self.make_container_dir(&key, &meta)?;
 
         let (out_r, out_w) = pipe_cloexec().map_err(|e| format!("pipe: {e}"))?;
         let (err_r, err_w) = pipe_cloexec().map_err(|e| format!("pipe: {e}"))?;
@@ -186,6 +181,36 @@ impl Logger {
             spool: dir,
             warnings,
         })
+    }
+
+    /// `<spool_dir>/<key>/` with its `meta.json` and `data/`, built under a
+    /// temporary name and renamed into place, so the publisher never sees a
+    /// half-made container (see `publisher::adopt`). A container id seen
+    /// again (`run --container-id`) reuses its directory.
+    fn make_container_dir(&self, key: &str, meta: &ContainerMeta) -> Result<PathBuf, String> {
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let dir = self.spool_dir.join(key);
+        let tmp = self.spool_dir.join(format!(
+            "{}{key}-{}-{}",
+            crate::spool::PREPARING_PREFIX,
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let write = |d: &Path| -> Result<(), String> {
+            make_spool_dirs(d, meta.run_as.as_ref())?;
+            meta.store(d)
+                .map_err(|e| format!("cannot write {}/meta.json: {e}", dir.display()))
+        };
+        if let Err(e) = write(&tmp) {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+        if std::fs::rename(&tmp, &dir).is_err() {
+            // The directory exists already (a reused id): update it in place.
+            let _ = std::fs::remove_dir_all(&tmp);
+            write(&dir)?;
+        }
+        Ok(dir)
     }
 
     /// The user the companion should run as, if we are root and asked to.

@@ -542,7 +542,7 @@ fn five_hundred_containers_leak_no_fds_threads_processes_or_spools() {
     ])
     .unwrap();
     let mut logger = Logger::new(cfg, bin()).unwrap();
-    logger.initialize(false).unwrap();
+    logger.initialize(None).unwrap();
     let sbx = d.path().join("sbx");
     std::fs::create_dir_all(&sbx).unwrap();
     let json = serde_json::json!({"directory": sbx.display().to_string()}).to_string();

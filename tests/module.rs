@@ -212,7 +212,7 @@ fn fifty_containers_survive_an_agent_restart() {
     let d = tempfile::tempdir().unwrap();
     let spool = d.path().join("spool");
     let mut logger = Logger::new(module_config(&broker.addr(), &spool, "restart"), bin()).unwrap();
-    logger.initialize(false).unwrap();
+    logger.initialize(None).unwrap();
     let mut pipes = Vec::new();
     for i in 0..50 {
         let sbx = d.path().join(format!("sbx{i}"));
@@ -233,7 +233,7 @@ fn fifty_containers_survive_an_agent_restart() {
     drop(logger); // the agent dies; companions keep draining the pipes
     write(&mut pipes, "during");
     let mut logger = Logger::new(module_config(&broker.addr(), &spool, "restart"), bin()).unwrap();
-    logger.initialize(false).unwrap(); // a new agent resumes every spool
+    logger.initialize(None).unwrap(); // a new agent resumes every spool
     write(&mut pipes, "after");
     drop(pipes);
     wait_spool_empty(&spool, Duration::from_secs(120));
@@ -442,7 +442,7 @@ fn companion_runs_as_the_containers_user_and_cannot_alter_its_identity() {
     // Mesos hands the sandbox to the task's user.
     std::os::unix::fs::chown(&sbx, Some(nobody.uid), Some(nobody.gid)).unwrap();
     let mut logger = Logger::new(module_config("127.0.0.1:9", &spool, "t"), bin()).unwrap();
-    logger.initialize(false).unwrap();
+    logger.initialize(None).unwrap();
     let json =
         serde_json::json!({"directory": sbx.display().to_string(), "user": "nobody"}).to_string();
     let p = logger.prepare("priv-check", &json, None).unwrap();
@@ -585,7 +585,7 @@ fn a_task_planting_links_and_fifos_in_its_spool_cannot_redirect_leak_or_stall_th
     std::fs::write(&victim, "keep\n").unwrap();
     std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o644)).unwrap();
     let mut logger = Logger::new(module_config(&broker.addr(), &spool, "hostile"), bin()).unwrap();
-    logger.initialize(false).unwrap();
+    logger.initialize(None).unwrap();
     let prepare = |id: &str, user: Option<&str>| {
         let sbx = d.path().join(format!("sbx-{id}"));
         std::fs::create_dir_all(&sbx).unwrap();

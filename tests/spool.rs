@@ -5,6 +5,7 @@ mod support;
 
 use mesos_gelf_logger::config::ContainerSettings;
 use mesos_gelf_logger::metadata::Identity;
+use mesos_gelf_logger::spool::notice::LossReason;
 use mesos_gelf_logger::spool::record::{now_micros, Stream};
 use mesos_gelf_logger::spool::{
     list_segments, segment_path, ContainerMeta, Next, Position, Record, SpoolReader, SpoolWriter,
@@ -46,7 +47,7 @@ fn torn_tail_at_every_byte_offset_is_detected_and_skipped() {
         ));
     }
     w.flush();
-    w.finish().unwrap();
+    w.finish(&mut 0).unwrap();
     let seg = segment_path(d.path(), list_segments(d.path()).unwrap()[0]);
     let full = std::fs::read(&seg).unwrap();
     let last_len = Record::frame_len(format!("record number {} with some payload", 5).len());
@@ -116,7 +117,7 @@ fn checkpoint_resume_and_acknowledged_segments_are_deleted() {
             w.flush();
         }
     }
-    w.finish().unwrap();
+    w.finish(&mut 0).unwrap();
     assert!(list_segments(d.path()).unwrap().len() > 5);
     let (mut r, _) = SpoolReader::open(d.path());
     let mut pos = Position::default();
@@ -140,54 +141,87 @@ fn checkpoint_resume_and_acknowledged_segments_are_deleted() {
     }
 }
 
-#[test]
-fn spool_cap_drops_oldest_without_blocking_and_reports_it() {
+/// The seqs a notice names as lost: its `ranges`, or first..=last.
+fn lost_seqs(v: &serde_json::Value) -> Vec<u64> {
+    match v["ranges"].as_str() {
+        Some(r) => r
+            .split(',')
+            .flat_map(|p| {
+                let (a, b) = p.split_once('-').unwrap_or((p, p));
+                a.parse::<u64>().unwrap()..=b.parse::<u64>().unwrap()
+            })
+            .collect(),
+        None => (v["first_seq"].as_u64().unwrap()..=v["last_seq"].as_u64().unwrap()).collect(),
+    }
+}
+
+/// Writes `n` records with `flush_every` records per flush (0: one batch at
+/// the end), then checks the cap: the newest are kept, what is kept is
+/// contiguous, and the notices' `_seq` ranges name exactly the rest.
+fn cap_keeps_newest(cap: u64, n: u64, flush_every: u64) {
     let d = tempfile::tempdir().unwrap();
-    let cap = 64 * 1024;
     let mut w = SpoolWriter::open(d.path(), cap / 4, cap).unwrap();
-    let n = 20_000u64;
     for i in 1..=n {
         w.append(&rec(
             i,
             format!("{i:08} padding padding padding").as_bytes(),
         ));
-        if i % 100 == 0 {
+        if flush_every > 0 && i % flush_every == 0 {
             w.flush();
         }
     }
     w.flush();
-    let notice = w.take_loss_notice(1).expect("a loss notice");
-    let losses = w.losses;
-    w.append(&notice);
-    w.finish().unwrap();
+    let totals = w.finish(&mut 0).unwrap();
+    let dropped = totals
+        .iter()
+        .find(|(r, _)| *r == LossReason::SpoolCap)
+        .unwrap()
+        .1;
     let total: u64 = list_segments(d.path())
         .unwrap()
         .iter()
         .map(|&s| std::fs::metadata(segment_path(d.path(), s)).unwrap().len())
         .sum();
-    assert!(total <= cap + cap / 4, "spool stays near its cap: {total}");
+    assert!(total <= cap, "the spool stays under its cap: {total} > {cap}");
     let (recs, _, finished) = read_all(d.path());
     assert!(finished);
     let data: Vec<&Record> = recs.iter().filter(|r| r.stream == Stream::Stdout).collect();
-    assert_eq!(
-        data.len() as u64 + losses.dropped_records,
-        n,
-        "kept + dropped = written"
-    );
+    assert!(!data.is_empty(), "something is kept");
+    assert_eq!(data.len() as u64 + dropped, n, "kept + dropped = written");
     assert_eq!(data.last().unwrap().seq, n, "the newest are kept");
     assert!(
         data.windows(2).all(|p| p[1].seq == p[0].seq + 1),
         "what is kept is contiguous"
     );
-    let note = recs
-        .iter()
-        .find(|r| r.stream == Stream::Notice)
-        .expect("notice in the stream");
-    let text = String::from_utf8_lossy(&note.payload);
-    assert!(
-        text.contains(&format!("{} records", losses.dropped_records)),
-        "{text}"
-    );
+    // The notices name every dropped seq exactly once, and no kept one.
+    let mut named = std::collections::BTreeSet::new();
+    for r in recs.iter().filter(|r| r.stream == Stream::Notice) {
+        let v: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
+        assert_eq!(v["reason"], "spool_cap", "{v}");
+        assert_eq!(v["stream"], "stdout", "{v}");
+        let seqs = lost_seqs(&v);
+        assert_eq!(v["records"].as_u64().unwrap(), seqs.len() as u64, "{v}");
+        for s in seqs {
+            assert!(named.insert(s), "seq {s} named twice");
+        }
+        assert!(v["text"].as_str().unwrap().contains("dropped"), "{v}");
+    }
+    let expected: std::collections::BTreeSet<u64> = (1..data[0].seq).collect();
+    assert_eq!(named, expected, "notices name exactly the dropped seqs");
+}
+
+#[test]
+fn spool_cap_drops_oldest_without_blocking_and_reports_it() {
+    cap_keeps_newest(64 * 1024, 20_000, 100);
+}
+
+/// A batch larger than the whole (minimum) cap used to drop every segment,
+/// the newest included, so nothing recent was kept.
+#[test]
+fn a_burst_larger_than_the_smallest_cap_keeps_the_newest_records() {
+    cap_keeps_newest(64 * 1024, 20_000, 0);
+    cap_keeps_newest(64 * 1024, 20_000, 7_000);
+    cap_keeps_newest(1 << 20, 100_000, 0);
 }
 
 #[test]
@@ -230,23 +264,34 @@ fn companion_never_blocks_on_a_full_spool_and_reports_drops() {
     );
     let (recs, _, finished) = read_all(&spool.join("data"));
     assert!(finished);
-    let notices: Vec<String> = recs
+    let notices: Vec<serde_json::Value> = recs
         .iter()
         .filter(|r| r.stream == Stream::Notice)
-        .map(|r| String::from_utf8_lossy(&r.payload).into_owned())
+        .map(|r| serde_json::from_slice(&r.payload).unwrap())
         .collect();
     assert!(
-        !notices.is_empty() && notices.iter().all(|n| n.contains("dropped")),
+        !notices.is_empty() && notices.iter().all(|n| n["reason"] == "spool_cap"),
         "{notices:?}"
     );
-    let kept = recs.iter().filter(|r| r.stream == Stream::Stdout).count();
-    assert!(kept > 0 && kept < 100_000);
+    let kept: Vec<u64> = recs
+        .iter()
+        .filter(|r| r.stream == Stream::Stdout)
+        .map(|r| r.seq)
+        .collect();
+    let named: Vec<u64> = notices.iter().flat_map(lost_seqs).collect();
+    let mut all: Vec<u64> = kept.iter().chain(named.iter()).copied().collect();
+    all.sort_unstable();
+    assert_eq!(all, (1..=100_000).collect::<Vec<_>>(), "every seq is kept or named lost, once");
+    let (kept, reported) = (kept.len() as u64, named.len() as u64);
+    assert!(kept > 0 && kept < 100_000, "kept {kept}, reported {reported}, {notices:?}");
+    assert_eq!(kept + reported, 100_000, "kept + reported lost = written");
     assert_eq!(
         recs.iter()
             .rfind(|r| r.stream == Stream::Stdout)
             .unwrap()
             .seq,
-        100_000
+        100_000,
+        "the newest are kept"
     );
 }
 
@@ -266,7 +311,7 @@ fn planted_links_and_fifos_in_data_are_never_followed_written_or_waited_on() {
     let other = d.path().join("other");
     let mut w = SpoolWriter::open(&other, 1 << 20, 1 << 30).unwrap();
     w.append(&rec(1, b"another container's secret"));
-    w.finish().unwrap();
+    w.finish(&mut 0).unwrap();
     // A root-owned file the task would like overwritten, and a checkpoint
     // elsewhere that would skip the task's records if it were read.
     let victim = d.path().join("victim");
@@ -297,7 +342,7 @@ fn planted_links_and_fifos_in_data_are_never_followed_written_or_waited_on() {
     for i in 4..=6 {
         w.append(&rec(i, format!("line {i}").as_bytes()));
     }
-    w.finish().unwrap();
+    w.finish(&mut 0).unwrap();
 
     // Read on another thread so that a hang fails the test instead of
     // stalling it.

@@ -40,6 +40,11 @@ enum Cmd {
         /// Exit once the spool holds no container (all delivered).
         #[arg(long)]
         until_empty: bool,
+        /// With --until-empty: exit 3 after this many seconds of a permanent
+        /// Kafka error (TLS, authentication, authorization, invalid topic)
+        /// blocking every container left.
+        #[arg(long, value_name = "SECONDS", default_value_t = publisher::GIVE_UP_AFTER.as_secs())]
+        give_up_after: u64,
     },
     /// Forward a Kafka topic to Graylog over GELF TCP/TLS/UDP.
     Forward(forward::ForwardArgs),
@@ -93,7 +98,12 @@ pub fn stop_on_signals() -> Arc<AtomicBool> {
     stop
 }
 
-fn publish(sets: &[String], spool_dir: Option<PathBuf>, until_empty: bool) -> Result<i32, String> {
+fn publish(
+    sets: &[String],
+    spool_dir: Option<PathBuf>,
+    until_empty: bool,
+    give_up_after: u64,
+) -> Result<i32, String> {
     let mut config = config_from_sets(sets)?;
     if let Some(d) = spool_dir {
         config.spool_dir = Some(d);
@@ -108,14 +118,21 @@ fn publish(sets: &[String], spool_dir: Option<PathBuf>, until_empty: bool) -> Re
         config.clone(),
         Options {
             spool_dir: dir,
-            exit_when_empty: until_empty,
+            exit_when_empty: Arc::new(AtomicBool::new(until_empty)),
             stop,
+            wait_for_lock: false,
+            give_up_after: until_empty.then(|| std::time::Duration::from_secs(give_up_after)),
         },
         publisher::sink_factory(&config),
         Arc::new(Metrics::default()),
     )?;
-    p.run();
-    Ok(0)
+    match p.run() {
+        Ok(()) => Ok(0),
+        Err(why) => {
+            eprintln!("mesos-gelf: {why}");
+            Ok(run::EXIT_UNDELIVERED)
+        }
+    }
 }
 
 pub fn main() -> i32 {
@@ -126,7 +143,8 @@ pub fn main() -> i32 {
             set,
             spool_dir,
             until_empty,
-        } => publish(&set, spool_dir, until_empty),
+            give_up_after,
+        } => publish(&set, spool_dir, until_empty, give_up_after),
         Cmd::Forward(a) => forward::forward(a),
         Cmd::Companion {
             spool,

@@ -1,10 +1,41 @@
 //! `mesos-gelf run`: one container on this machine, through the agent's path.
+//!
+//! It behaves like a wrapper a shell user expects:
+//! - exit status: the command's (128+N when a signal N killed it), once
+//!   every line is delivered;
+//! - SIGINT, SIGTERM, SIGHUP are forwarded to the command (except a
+//!   terminal's own, which already reached the command's process group);
+//!   `run` then waits for the command, delivers what it can within
+//!   [`GRACE`], and if records remain says where the spool is and which
+//!   `publish` command ships it (exit 128+signal). A second signal stops
+//!   waiting at once;
+//! - a closed standard output (`run ... | head -1`) ends it with a message,
+//!   SIGTERM to the command and exit 141 (as a shell reports SIGPIPE);
+//! - a permanent Kafka error (TLS, authentication, authorization, invalid
+//!   topic) for `--give-up-after` seconds: the command keeps running (a
+//!   logger never kills a task for its own sake), its lines stay in the
+//!   spool, and `run` exits 3 after the command with the `publish` command;
+//! - when the command has exited but something it started keeps its stdout
+//!   or stderr open, `run` says once which process it is waiting for.
 
 use clap::Args;
 use mesos_gelf_logger::logger::Logger;
+use mesos_gelf_logger::publisher::{Options, GIVE_UP_AFTER};
+use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// After a signal, how long `run` keeps delivering once the command ended.
+pub const GRACE: Duration = Duration::from_secs(5);
+/// Exit status when lines remain undelivered for a reason other than a
+/// signal (Kafka gave a permanent error).
+pub const EXIT_UNDELIVERED: i32 = 3;
+/// Exit status when standard output was closed (128 + SIGPIPE).
+pub const EXIT_STDOUT_CLOSED: i32 = 141;
 
 #[derive(Args)]
 pub struct RunArgs {
@@ -20,9 +51,126 @@ pub struct RunArgs {
     /// Container id (default: run-<pid>-<time>).
     #[arg(long)]
     container_id: Option<String>,
+    /// Stop waiting for Kafka after this many seconds of a permanent error
+    /// (TLS, authentication, authorization, invalid topic); the lines stay
+    /// in the spool and the `publish` command that ships them is printed.
+    #[arg(long, value_name = "SECONDS", default_value_t = GIVE_UP_AFTER.as_secs())]
+    give_up_after: u64,
     /// The command and its arguments.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     cmd: Vec<String>,
+}
+
+static SIGNALS: AtomicU32 = AtomicU32::new(0);
+static LAST_SIGNAL: AtomicI32 = AtomicI32::new(0);
+/// A signal to forward (0: none): one a process sent us, not the
+/// terminal's (that one reached the command's process group already).
+static TO_FORWARD: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    const SI_KERNEL: i32 = 0x80;
+    // SAFETY: the kernel passes a valid siginfo with SA_SIGINFO.
+    let code = if info.is_null() {
+        0
+    } else {
+        unsafe { (*info).si_code }
+    };
+    LAST_SIGNAL.store(sig, Ordering::SeqCst);
+    if code != SI_KERNEL {
+        TO_FORWARD.store(sig, Ordering::SeqCst);
+    }
+    SIGNALS.fetch_add(1, Ordering::SeqCst);
+}
+
+fn install_signal_handlers() {
+    for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: the handler only stores to atomics.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_signal as *const () as usize;
+            sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(s, &sa, std::ptr::null_mut());
+        }
+    }
+}
+
+/// The inode of a pipe end.
+fn pipe_inode(fd: i32) -> Option<u64> {
+    // SAFETY: fstat on an fd we own into a zeroed struct.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    (unsafe { libc::fstat(fd, &mut st) } == 0).then_some(st.st_ino)
+}
+
+/// Processes (other than us) holding a write end of one of these pipes.
+fn pipe_writers(inodes: &[u64]) -> Vec<(u32, String)> {
+    let me = std::process::id();
+    let mut out = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        let holds = fds.flatten().any(|fd| {
+            let Ok(link) = std::fs::read_link(fd.path()) else {
+                return false;
+            };
+            let l = link.to_string_lossy();
+            let is_ours = inodes.iter().any(|i| l == format!("pipe:[{i}]"));
+            // The companion holds the read ends: only writers count.
+            is_ours
+                && std::fs::read_to_string(p.path().join("fdinfo").join(fd.file_name()))
+                    .ok()
+                    .and_then(|s| {
+                        s.lines()
+                            .find_map(|l| l.strip_prefix("flags:"))
+                            .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+                    })
+                    .is_some_and(|f| f & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32)
+        });
+        if holds {
+            let comm = std::fs::read_to_string(p.path().join("comm")).unwrap_or_default();
+            out.push((pid, comm.trim().to_string()));
+        }
+    }
+    out
+}
+
+fn describe_status(code: i32) -> String {
+    if code > 128 {
+        format!("killed by signal {}", code - 128)
+    } else {
+        format!("status {code}")
+    }
+}
+
+fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,@%+".contains(&b))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+/// How the wait ended.
+enum End {
+    /// Everything delivered.
+    Delivered,
+    /// The publisher gave up (true: the output closed; else a permanent error).
+    Failed(bool),
+    /// A signal: stopped waiting for delivery.
+    Interrupted(i32),
 }
 
 pub fn run(a: RunArgs) -> Result<i32, String> {
@@ -36,15 +184,16 @@ pub fn run(a: RunArgs) -> Result<i32, String> {
         config.drop_privileges = false;
     }
     // A private spool unless one is given: run publishes only its container.
-    let _tmp;
+    let mut tmp = None;
     if config.spool_dir.is_none() {
         let t = tempfile::Builder::new()
             .prefix("mesos-gelf-spool-")
             .tempdir()
             .map_err(|e| format!("cannot create a temporary spool: {e}"))?;
         config.spool_dir = Some(t.path().to_path_buf());
-        _tmp = t;
+        tmp = Some(t);
     }
+    let spool_root = config.spool_dir.clone().expect("set above");
     let sandbox = a.sandbox.unwrap_or_else(|| PathBuf::from("sandbox"));
     std::fs::create_dir_all(&sandbox)
         .map_err(|e| format!("cannot create sandbox {}: {e}", sandbox.display()))?;
@@ -64,23 +213,168 @@ pub fn run(a: RunArgs) -> Result<i32, String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find our own binary: {e}"))?;
     let companion = config.companion_path.clone().unwrap_or(exe);
     let mut logger = Logger::new(config, companion)?;
+    // The publisher first: a spool another publisher holds is refused
+    // before anything runs.
+    logger.initialize(Some(Options {
+        spool_dir: spool_root.clone(),
+        exit_when_empty: Arc::new(AtomicBool::new(false)),
+        stop: Arc::new(AtomicBool::new(false)),
+        wait_for_lock: false,
+        give_up_after: Some(Duration::from_secs(a.give_up_after)),
+    }))?;
     let prepared = logger.prepare(&container_id, &json, Some(&sandbox))?;
-    logger.initialize(true)?;
-    let status = Command::new(&a.cmd[0])
+    let publisher = logger.take_publisher().expect("initialized");
+    publisher.finish_when_empty();
+    let inodes: Vec<u64> = [prepared.stdout.as_raw_fd(), prepared.stderr.as_raw_fd()]
+        .into_iter()
+        .filter_map(pipe_inode)
+        .collect();
+    install_signal_handlers();
+    let spawned = Command::new(&a.cmd[0])
         .args(&a.cmd[1..])
         .stdin(Stdio::inherit())
         .stdout(Stdio::from(prepared.stdout))
         .stderr(Stdio::from(prepared.stderr))
-        .status();
-    let code = match status {
-        Ok(s) => s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0)),
+        .spawn();
+    let mut child: Option<Child> = match spawned {
+        Ok(c) => Some(c),
         Err(e) => {
             eprintln!("mesos-gelf: cannot run {}: {e}", a.cmd[0]);
-            127
+            None
         }
     };
-    // The pipes are closed (the child is gone); wait until the companion has
-    // finished and every record is delivered.
-    logger.wait_publisher();
-    Ok(code)
+    let mut code: Option<i32> = child.is_none().then_some(127);
+    let mut exited_at = child.is_none().then(Instant::now);
+    let mut publisher = Some(publisher);
+    let mut delivered = false;
+    let mut failure: Option<(String, bool)> = None;
+    let mut seen_signals = 0;
+    let mut signal: Option<i32> = None;
+    let mut deadline: Option<Instant> = None;
+    let mut said_waiting = false;
+    let forward = |child: &Option<Child>, sig: i32| {
+        if let Some(c) = child {
+            // SAFETY: signalling our own child, which we have not reaped.
+            unsafe { libc::kill(c.id() as i32, sig) };
+        }
+    };
+    let end = loop {
+        let n = SIGNALS.load(Ordering::SeqCst);
+        if n != seen_signals {
+            seen_signals = n;
+            signal.get_or_insert(LAST_SIGNAL.load(Ordering::SeqCst));
+            let fwd = TO_FORWARD.swap(0, Ordering::SeqCst);
+            if fwd != 0 {
+                forward(&child, fwd);
+            }
+            if n >= 2 {
+                deadline = Some(Instant::now());
+            } else if code.is_some() {
+                deadline = Some(Instant::now() + GRACE);
+            }
+        }
+        if let Some(c) = child.as_mut() {
+            if let Ok(Some(s)) = c.try_wait() {
+                code = Some(s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0)));
+                exited_at = Some(Instant::now());
+                child = None;
+                if signal.is_some() {
+                    deadline.get_or_insert(Instant::now() + GRACE);
+                }
+            }
+        }
+        if publisher.as_ref().is_some_and(|p| p.is_finished()) {
+            match publisher.take().expect("running").join() {
+                Ok(()) => delivered = true,
+                Err(why) => {
+                    let closed = why.starts_with("standard output closed");
+                    eprintln!("mesos-gelf: {why}");
+                    if child.is_some() {
+                        if closed {
+                            eprintln!("mesos-gelf: stopping {} (SIGTERM)", a.cmd[0]);
+                            forward(&child, libc::SIGTERM);
+                            deadline = Some(Instant::now() + GRACE);
+                        } else {
+                            eprintln!(
+                                "mesos-gelf: {} keeps running; its lines stay in the spool",
+                                a.cmd[0]
+                            );
+                        }
+                    }
+                    failure = Some((why, closed));
+                }
+            }
+        }
+        if code.is_some() {
+            if delivered {
+                break End::Delivered;
+            }
+            if let Some((_, closed)) = &failure {
+                break End::Failed(*closed);
+            }
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            break match (signal, &failure) {
+                (Some(s), _) => End::Interrupted(s),
+                (None, Some((_, closed))) => End::Failed(*closed),
+                (None, None) => End::Delivered,
+            };
+        }
+        if let (Some(t), false, Some(_)) = (exited_at, said_waiting, &publisher) {
+            if t.elapsed() > Duration::from_secs(1) {
+                let writers = pipe_writers(&inodes);
+                if !writers.is_empty() {
+                    said_waiting = true;
+                    let list: Vec<String> = writers
+                        .iter()
+                        .map(|(pid, comm)| format!("pid {pid} ({comm})"))
+                        .collect();
+                    eprintln!(
+                        "mesos-gelf: {} exited ({}); waiting for its output to close: still held open by {}",
+                        a.cmd[0],
+                        describe_status(code.unwrap_or(0)),
+                        list.join(", ")
+                    );
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // Stop the publisher if it still runs (checkpoints are persisted).
+    if let Some(p) = publisher.take() {
+        p.stop.store(true, Ordering::Relaxed);
+        let _ = p.join();
+    }
+    if let Some(c) = &child {
+        eprintln!(
+            "mesos-gelf: {} (pid {}) is still running; not waiting for it",
+            a.cmd[0],
+            c.id()
+        );
+    }
+    let remaining = prepared.spool.exists();
+    if remaining {
+        if let Some(t) = tmp.take() {
+            let _ = t.keep();
+        }
+        let sets: Vec<String> = a
+            .set
+            .iter()
+            .filter(|s| !s.trim_start().starts_with("spool_dir="))
+            .map(|s| format!(" --set {}", shell_quote(s)))
+            .collect();
+        eprintln!(
+            "mesos-gelf: undelivered lines of {container_id} remain in the spool {}; ship them with:\n  mesos-gelf publish --spool-dir {} --until-empty{}",
+            spool_root.display(),
+            shell_quote(&spool_root.display().to_string()),
+            sets.concat()
+        );
+    }
+    Ok(match end {
+        End::Delivered => code.unwrap_or(0),
+        End::Interrupted(sig) if remaining => 128 + sig,
+        End::Interrupted(sig) => code.unwrap_or(128 + sig),
+        End::Failed(true) => EXIT_STDOUT_CLOSED,
+        End::Failed(false) => EXIT_UNDELIVERED,
+    })
 }

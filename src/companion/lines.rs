@@ -69,6 +69,10 @@ impl Assembler {
         }
     }
 
+    pub fn stream(&self) -> Stream {
+        self.stream
+    }
+
     /// Records made so far (the last `seq` used).
     pub fn seq(&self) -> u64 {
         self.seq

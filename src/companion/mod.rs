@@ -16,6 +16,7 @@
 pub mod lines;
 pub mod sandbox;
 
+use crate::spool::notice::{self, Loss, LossReason};
 use crate::spool::record::{now_micros, Record, Stream};
 use crate::spool::{ContainerMeta, SpoolWriter};
 use lines::Assembler;
@@ -137,11 +138,14 @@ pub fn run(args: &CompanionArgs) {
             ));
         }
     }
+    // A record never takes more than a quarter of the spool cap, so the cap
+    // can always keep the newest records (longer lines come in parts).
+    let record_max = settings.record_limit();
     let multiline = settings.multiline_start.as_deref().and_then(|re| {
         regex::bytes::Regex::new(re).ok().map(|r| {
             (
                 r,
-                settings.multiline_max_bytes,
+                settings.multiline_max_bytes.min(record_max),
                 settings.multiline_timeout_ms,
             )
         })
@@ -175,7 +179,7 @@ pub fn run(args: &CompanionArgs) {
             ),
             asm: Assembler::new(
                 stream,
-                settings.max_line_bytes,
+                settings.max_line_bytes.min(record_max),
                 settings.idle_flush_ms,
                 multiline.clone(),
             ),
@@ -184,12 +188,14 @@ pub fn run(args: &CompanionArgs) {
     .collect();
     if let (Some(w), Some(e)) = (writer.as_mut(), meta_error) {
         notice_seq += 1;
-        w.append(&Record::notice(
+        w.append(&notice::record(
             notice_seq,
             format!("mesos-gelf companion: {e}"),
+            None,
+            &[],
         ));
     }
-    let mut sandbox_reported = 0u64;
+    let mut sandbox_reported = [0u64; 2];
     let mut buf = vec![0u8; 64 * 1024];
     let mut records: Vec<Record> = Vec::with_capacity(1024);
     while inputs.iter().any(|i| i.open) {
@@ -259,29 +265,27 @@ pub fn run(args: &CompanionArgs) {
             i.asm.tick(now, &mut records);
         }
         hand_over(&mut records, writer.as_mut());
-        let sandbox_lost: u64 = inputs.iter().map(|i| i.sandbox.lost_bytes).sum();
-        if sandbox_lost > sandbox_reported {
-            if let Some(w) = writer.as_mut() {
-                let why = inputs
-                    .iter()
-                    .find_map(|i| i.sandbox.last_error.clone())
-                    .unwrap_or_default();
-                notice_seq += 1;
-                w.append(&Record::notice(
-                    notice_seq,
-                    format!(
-                        "mesos-gelf could not write {} bytes to the sandbox files ({why}); those lines are still shipped; totals so far: sandbox_lost_bytes={sandbox_lost}",
-                        sandbox_lost - sandbox_reported
-                    ),
-                ));
-            }
-            sandbox_reported = sandbox_lost;
-        }
         if let Some(w) = writer.as_mut() {
+            for (i, input) in inputs.iter().enumerate() {
+                let lost = input.sandbox.lost_bytes;
+                if lost > sandbox_reported[i] {
+                    w.sandbox_error = input.sandbox.last_error.clone();
+                    w.record_loss(Loss {
+                        reason: LossReason::SandboxWrite,
+                        stream: Some(input.asm.stream()),
+                        records: 0,
+                        bytes: lost - sandbox_reported[i],
+                        seqs: Vec::new(),
+                    });
+                    sandbox_reported[i] = lost;
+                }
+            }
             w.flush();
-            if let Some(n) = w.take_loss_notice(notice_seq + 1) {
-                notice_seq += 1;
-                w.append(&n);
+            let notices = w.take_loss_notices(&mut notice_seq, false);
+            if !notices.is_empty() {
+                for n in &notices {
+                    w.append(n);
+                }
                 w.flush();
             }
         }
@@ -290,7 +294,7 @@ pub fn run(args: &CompanionArgs) {
     // reads a companion's exit.
     match writer {
         Some(w) => {
-            let _ = w.finish();
+            let _ = w.finish(&mut notice_seq);
         }
         None => {
             let _ = crate::spool::mark_done(&data);

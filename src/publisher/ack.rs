@@ -2,6 +2,26 @@
 //! checkpoints persist it, finished spools are removed; failures rewind.
 
 use super::*;
+use crate::gelf::MIN_MESSAGE_BYTES;
+use crate::spool::notice::LossReason;
+use health::{Cause, STALL_AFTER};
+
+/// Marks one record of `c` delivered (or dropped) and advances the
+/// acknowledged position over every leading delivered record.
+fn mark_acked(c: &mut Container, index: u64) {
+    if let Some(front) = c.inflight.front() {
+        let i = index.wrapping_sub(front.index) as usize;
+        if let Some(e) = c.inflight.get_mut(i) {
+            e.acked = true;
+        }
+    }
+    while c.inflight.front().is_some_and(|e| e.acked) {
+        let e = c.inflight.pop_front().expect("front");
+        c.inflight_bytes = c.inflight_bytes.saturating_sub(e.bytes);
+        c.acked = e.pos;
+        c.acked_since_store += 1;
+    }
+}
 
 impl Publisher {
     pub(super) fn on_delivery(&mut self, d: Delivery) {
@@ -16,52 +36,53 @@ impl Publisher {
         if d.ticket.generation != c.generation {
             return;
         }
-        match d.result {
+        let text = match d.result {
             Ok(()) => {
                 Metrics::add(&self.metrics.records_published, 1);
                 Metrics::add(&self.metrics.bytes_published, d.ticket.bytes as u64);
-                if let Some(front) = c.inflight.front() {
-                    let i = (d.ticket.index - front.index) as usize;
-                    if let Some(e) = c.inflight.get_mut(i) {
-                        e.acked = true;
-                    }
-                }
-                while c.inflight.front().is_some_and(|e| e.acked) {
-                    c.acked = c.inflight.pop_front().expect("front").pos;
-                    c.acked_since_store += 1;
-                }
-                if !self.healthy {
-                    self.healthy = true;
-                    self.metrics.set_error(None);
-                    log::info("delivering again");
-                }
+                c.failing = None;
+                c.backoff = RETRY_BACKOFF;
+                mark_acked(c, d.ticket.index);
+                self.health.delivered();
+                self.stall_since = (self.in_flight_msgs > 0).then(Instant::now);
+                return;
             }
-            Err(e) => {
-                Metrics::add(&self.metrics.failed, 1);
-                let msg = match &e {
-                    DeliveryError::TooLarge(m) => {
-                        let n = (c.encoder.max_bytes() / 2).max(1024);
-                        c.encoder.set_max_bytes(n);
-                        format!("{m}; cutting {}'s messages to {n} bytes", c.key)
-                    }
-                    DeliveryError::Other(m) => m.clone(),
-                };
-                Metrics::add(&self.metrics.retried, c.inflight.len() as u64);
-                c.generation += 1;
-                c.inflight.clear();
-                c.held = None;
-                c.finished = false;
-                c.reader.seek(c.acked);
-                c.retry_at = Some(Instant::now() + RETRY_BACKOFF);
-                if self.healthy {
-                    log::error(&format!(
-                        "delivery failed, retrying from the last acknowledged record: {msg}"
-                    ));
-                    self.healthy = false;
-                }
-                self.metrics.set_error(Some(msg));
-            }
+            Err(DeliveryError::TooLarge(m)) | Err(DeliveryError::Other(m)) => m,
+        };
+        Metrics::add(&self.metrics.failed, 1);
+        let (k, topic) = (c.key.clone(), c.topic.clone());
+        let cause = self.health.container_error(&k, &topic, &text);
+        if cause == Cause::TooLarge && c.encoder.max_bytes() <= MIN_MESSAGE_BYTES {
+            // The broker refuses even the floor form: this record is
+            // dropped and counted; the others stay in flight.
+            Metrics::add(&self.metrics.dropped[LossReason::TooLarge as usize], 1);
+            mark_acked(c, d.ticket.index);
+            return;
         }
+        if cause == Cause::TooLarge {
+            let n = (c.encoder.max_bytes() / 2).max(MIN_MESSAGE_BYTES);
+            c.encoder.set_max_bytes(n);
+        } else {
+            if !matches!(c.failing, Some((f, _)) if f == cause) {
+                c.failing = Some((cause, Instant::now()));
+            }
+            c.backoff = (c.backoff * 2).min(MAX_BACKOFF);
+        }
+        // Resend from the last acknowledged record, after a backoff; the
+        // deliveries still due for this generation are ignored.
+        Metrics::add(&self.metrics.retried, c.inflight.len() as u64);
+        c.generation += 1;
+        c.inflight.clear();
+        c.inflight_bytes = 0;
+        c.held = None;
+        c.finished = false;
+        c.reader.seek(c.acked);
+        let wait = if cause == Cause::TooLarge {
+            Duration::ZERO
+        } else {
+            c.backoff
+        };
+        c.retry_at = Some(Instant::now() + wait);
     }
 
     pub(super) fn rebuild_sink(&mut self, why: &str) {
@@ -90,6 +111,7 @@ impl Publisher {
             Metrics::add(&self.metrics.retried, c.inflight.len() as u64);
             c.generation += 1;
             c.inflight.clear();
+            c.inflight_bytes = 0;
             c.held = None;
             c.finished = false;
             c.may_have_data = true;
@@ -98,15 +120,15 @@ impl Publisher {
     }
 
     pub(super) fn check_errors(&mut self) {
-        let errs = self.sink.take_errors();
-        if let Some(last) = errs.last() {
-            if self.healthy {
-                log::error(&format!(
-                    "Kafka: {last}; records stay in the spool and are retried"
-                ));
-                self.healthy = false;
+        for e in self.sink.take_errors() {
+            self.health.client_error(&e);
+        }
+        if self.in_flight_msgs == 0 {
+            self.stall_since = None;
+        } else if let Some(t) = self.stall_since {
+            if t.elapsed() >= STALL_AFTER {
+                self.health.stalled(t.elapsed());
             }
-            self.metrics.set_error(Some(last.clone()));
         }
     }
 
@@ -122,10 +144,12 @@ impl Publisher {
                         c.stored = c.acked;
                         c.acked_since_store = 0;
                     }
-                    Err(e) => log::warn(&format!(
-                        "cannot store checkpoint in {}: {e}",
-                        c.dir.display()
-                    )),
+                    Err(e) => {
+                        let dir = c.dir.display().to_string();
+                        self.health.warn(&format!("{}\0checkpoint", c.key), || {
+                            format!("cannot store checkpoint in {dir}: {e}")
+                        })
+                    }
                 }
                 c.last_store = Instant::now();
             }
@@ -136,9 +160,14 @@ impl Publisher {
         for k in done {
             let c = self.containers.remove(&k).expect("container");
             Metrics::add(&self.metrics.torn_frames, c.reader.torn);
+            Metrics::add(
+                &self.metrics.dropped[LossReason::Torn as usize],
+                c.reader.torn - c.torn_counted,
+            );
             Metrics::add(&self.metrics.skipped_segments, c.reader.skipped_segments);
             self.slots.remove(&c.slot);
             self.watcher.unwatch(&k);
+            self.health.forget(&k);
             if let Err(e) = std::fs::remove_dir_all(&c.dir) {
                 log::warn(&format!(
                     "cannot remove finished spool {}: {e}",
@@ -154,10 +183,14 @@ impl Publisher {
 
     /// Spool bytes not yet deleted, and the age of the oldest record read
     /// but not yet acknowledged.
-    pub(super) fn update_pending_metrics(&self) {
+    pub(super) fn update_pending_metrics(&mut self) {
         let mut bytes = 0u64;
         let mut oldest: Option<i64> = None;
-        for c in self.containers.values() {
+        for c in self.containers.values_mut() {
+            // Torn frames skipped since the last look: losses by reason.
+            let torn = c.reader.torn - c.torn_counted;
+            Metrics::add(&self.metrics.dropped[LossReason::Torn as usize], torn);
+            c.torn_counted = c.reader.torn;
             for s in list_segments(c.reader.dir()).unwrap_or_default() {
                 bytes += std::fs::metadata(segment_path(c.reader.dir(), s))
                     .map(|m| m.len())

@@ -1,7 +1,67 @@
 //! Discovery: which entries of the spool root are container spools, and
 //! adopting them (identity from `meta.json`, reader at the checkpoint).
+//!
+//! The spool root holds only what we put there, and we touch only that:
+//! - `<key>/` with `meta.json` or `data/`: a container spool. `prepare()`
+//!   builds it under a temporary name and renames it into place, so it
+//!   appears whole;
+//! - `.prep-*`: a container being prepared; left behind only if the agent
+//!   died inside `prepare()`, and then removed after [`HALF_DONE_GRACE`];
+//! - `publisher.lock`, `metrics.json`: files of the publisher.
+//!
+//! Anything else (`lost+found` of a dedicated filesystem, a stray file, an
+//! operator's directory) is never waited for and never deleted; it is
+//! mentioned once in the log.
 
 use super::*;
+
+/// How long a half-prepared container directory (no `meta.json`, no data)
+/// is left alone before it is removed.
+pub const HALF_DONE_GRACE: Duration = Duration::from_secs(300);
+/// Foreign entries remembered (and so logged only once).
+const IGNORED_MAX: usize = 1024;
+
+/// What an entry of the spool root is.
+#[derive(Debug, PartialEq, Eq)]
+enum Entry {
+    Container,
+    Preparing,
+    Foreign,
+}
+
+fn classify(name: &str, path: &Path) -> Entry {
+    if name.starts_with(crate::spool::PREPARING_PREFIX) {
+        return Entry::Preparing;
+    }
+    let key_like = !name.is_empty()
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    let ours = key_like
+        && (path.join(crate::spool::META_FILE).exists()
+            || crate::spool::data_dir(path).is_dir());
+    if ours {
+        Entry::Container
+    } else {
+        Entry::Foreign
+    }
+}
+
+fn has_data(dir: &Path) -> bool {
+    let data = crate::spool::data_dir(dir);
+    data.join(crate::spool::DONE_FILE).exists()
+        || list_segments(&data).map(|s| !s.is_empty()).unwrap_or(false)
+}
+
+/// The age of a directory by its modification time.
+fn age(path: &Path) -> Duration {
+    std::fs::symlink_metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .unwrap_or_default()
+}
 
 impl Publisher {
     pub(super) fn scan_root(&mut self) {
@@ -14,18 +74,46 @@ impl Publisher {
                 continue;
             }
             let key = e.file_name().to_string_lossy().into_owned();
-            if !self.containers.contains_key(&key) {
-                if !self.unready.contains_key(&key) {
+            if self.containers.contains_key(&key) || self.unready.contains_key(&key) {
+                continue;
+            }
+            match classify(&key, &e.path()) {
+                Entry::Container => {
                     self.watcher.watch_container(&e.path(), &key);
                     self.unready.insert(key.clone(), Instant::now());
+                    self.try_adopt(&key);
                 }
-                self.try_adopt(&key);
+                Entry::Preparing => {
+                    if age(&e.path()) > HALF_DONE_GRACE {
+                        log::info(&format!(
+                            "removing {}: a container's spool left half-prepared (the agent stopped inside prepare)",
+                            e.path().display()
+                        ));
+                        let _ = std::fs::remove_dir_all(e.path());
+                    }
+                }
+                Entry::Foreign => {
+                    if self.ignored.len() < IGNORED_MAX && self.ignored.insert(key.clone()) {
+                        log::info(&format!(
+                            "ignoring {} in the spool directory: not a container spool of ours (never waited for, never deleted)",
+                            e.path().display()
+                        ));
+                    }
+                }
             }
         }
         let keys: Vec<String> = self.unready.keys().cloned().collect();
         for k in keys {
             self.try_adopt(&k);
         }
+    }
+
+    /// True when a directory still waiting for its `meta.json` has data
+    /// (worth waiting for before `exit_when_empty` ends the run).
+    pub(super) fn unready_with_data(&self) -> bool {
+        self.unready
+            .keys()
+            .any(|k| has_data(&self.opts.spool_dir.join(k)))
     }
 
     /// Starts publishing a container once its metadata is readable (or,
@@ -40,15 +128,23 @@ impl Publisher {
         let meta = match ContainerMeta::load(&dir) {
             Ok(m) => m,
             Err(e) => {
-                let data = crate::spool::data_dir(&dir);
-                let has_data = data.join(crate::spool::DONE_FILE).exists()
-                    || list_segments(&data).map(|s| !s.is_empty()).unwrap_or(false);
-                let waited = self
-                    .unready
-                    .get(key)
-                    .map(|t| t.elapsed() > Duration::from_secs(2))
-                    .unwrap_or(true);
-                if !(has_data && waited) {
+                let since = self.unready.get(key).copied().unwrap_or_else(Instant::now);
+                if !has_data(&dir) {
+                    // Half-prepared (an older version, or a failed write):
+                    // nothing to ship; removed once it is clearly abandoned.
+                    if since.elapsed() > HALF_DONE_GRACE && age(&dir) > HALF_DONE_GRACE {
+                        log::info(&format!(
+                            "removing {}: a container spool without metadata or data for {} s",
+                            dir.display(),
+                            HALF_DONE_GRACE.as_secs()
+                        ));
+                        let _ = std::fs::remove_dir_all(&dir);
+                        self.unready.remove(key);
+                        self.watcher.unwatch(key);
+                    }
+                    return;
+                }
+                if since.elapsed() < Duration::from_secs(2) {
                     return;
                 }
                 log::error(&format!("{e}; publishing {key} under a fallback identity"));
@@ -67,7 +163,7 @@ impl Publisher {
         self.watcher.watch_container(&data, key);
         let (reader, warning) = SpoolReader::open(&data);
         if let Some(w) = warning {
-            log::warn(&w);
+            self.health.warn(&format!("{key}\0checkpoint-read"), || w);
         }
         let slot = self.next_slot;
         self.next_slot += 1;
@@ -83,7 +179,7 @@ impl Publisher {
                 reader,
                 encoder,
                 topic: meta.settings.topic.clone(),
-                msg_key: meta.identity.container_id.clone().into_bytes(),
+                msg_key: message_key(&meta.identity.container_id),
                 generation: 0,
                 next_index: 0,
                 inflight: VecDeque::new(),
@@ -96,10 +192,46 @@ impl Publisher {
                 finished: false,
                 retry_at: None,
                 held: None,
+                inflight_bytes: 0,
+                failing: None,
+                backoff: RETRY_BACKOFF,
+                loss_totals: Default::default(),
+                torn_counted: 0,
             },
         );
         self.metrics
             .containers_active
             .store(self.containers.len() as u64, Ordering::Relaxed);
+    }
+}
+
+/// The Kafka message key: the container id, which keeps a container's
+/// records in one partition and in order. Capped at 128 bytes, as librdkafka
+/// counts the key against `message.max.bytes` (ids are UUIDs, far shorter).
+fn message_key(container_id: &str) -> Vec<u8> {
+    container_id.as_bytes()[..container_id.len().min(128)].to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_our_entries_are_containers() {
+        let d = tempfile::tempdir().unwrap();
+        let mk = |n: &str| {
+            let p = d.path().join(n);
+            std::fs::create_dir_all(&p).unwrap();
+            p
+        };
+        let p = mk("lost+found");
+        assert_eq!(classify("lost+found", &p), Entry::Foreign);
+        let p = mk("operator-notes");
+        assert_eq!(classify("operator-notes", &p), Entry::Foreign);
+        let p = mk("c1/data");
+        assert_eq!(classify("c1", p.parent().unwrap()), Entry::Container);
+        let p = mk(".prep-c2-1");
+        assert_eq!(classify(".prep-c2-1", &p), Entry::Preparing);
+        assert_eq!(message_key(&"x".repeat(300)).len(), 128);
     }
 }

@@ -71,6 +71,8 @@ pub struct KafkaSink {
     producer: BaseProducer<Ctx>,
     deliveries: Receiver<Delivery>,
     errors: Receiver<String>,
+    /// Errors read during the start-up check, still to be reported.
+    stashed: Vec<String>,
     servers: String,
 }
 
@@ -106,6 +108,7 @@ impl KafkaSink {
             producer,
             deliveries: drx,
             errors: erx,
+            stashed: Vec::new(),
             servers,
         })
     }
@@ -153,15 +156,34 @@ impl Sink for KafkaSink {
     }
 
     fn take_errors(&mut self) -> Vec<String> {
-        self.errors.try_iter().collect()
+        let mut v = std::mem::take(&mut self.stashed);
+        v.extend(self.errors.try_iter());
+        v
     }
 
+    /// Asks for metadata once. On failure the error names librdkafka's own
+    /// cause when it gave one (TLS verification, SASL ...), not only "no
+    /// metadata": the callbacks are served first to collect it.
     fn startup_check(&mut self) -> Result<(), String> {
-        self.producer
+        let r = self
+            .producer
             .client()
-            .fetch_metadata(None, Duration::from_secs(5))
-            .map(|_| ())
-            .map_err(|e| format!("cannot reach Kafka at {} within 5 s ({e})", self.servers))
+            .fetch_metadata(None, Duration::from_secs(5));
+        let Err(e) = r else {
+            return Ok(());
+        };
+        self.producer.poll(Duration::ZERO);
+        self.stashed.extend(self.errors.try_iter());
+        let specific = self
+            .stashed
+            .iter()
+            .rev()
+            .find(|m| super::health::Cause::classify(m) != super::health::Cause::Transport)
+            .or(self.stashed.last());
+        Err(match specific {
+            Some(m) => format!("{m} (no metadata from {} within 5 s: {e})", self.servers),
+            None => format!("cannot reach Kafka at {} within 5 s ({e})", self.servers),
+        })
     }
 }
 

@@ -17,6 +17,7 @@
 
 mod ack;
 mod adopt;
+pub mod health;
 pub mod kafka;
 pub mod metrics;
 mod pump;
@@ -27,9 +28,11 @@ use crate::config::Config;
 use crate::gelf::Encoder;
 use crate::log;
 use crate::spool::record::Stream;
+use crate::spool::lock::{LockError, SpoolLock};
 use crate::spool::{
     list_segments, segment_path, ContainerMeta, Next, Position, Record, SpoolReader,
 };
+use health::{Health, STALL_AFTER};
 use metrics::Metrics;
 use sink::{Delivery, DeliveryError, SendError, Sink, Ticket};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -59,24 +62,52 @@ pub fn sink_factory(config: &Config) -> SinkFactory {
 /// How a publisher runs.
 pub struct Options {
     pub spool_dir: PathBuf,
-    /// Return once no container is left in the spool (run, tests).
-    pub exit_when_empty: bool,
+    /// Return once no container is left in the spool (run, tests). May be
+    /// set while running (`run` sets it once its container is prepared).
+    pub exit_when_empty: Arc<AtomicBool>,
     pub stop: Arc<AtomicBool>,
+    /// Another publisher holds the spool: wait for it (the agent: tasks keep
+    /// spooling, shipping resumes when it lets go) instead of failing.
+    pub wait_for_lock: bool,
+    /// With `exit_when_empty`: end with an error once every remaining
+    /// container has been blocked this long by a permanent error (TLS,
+    /// authentication, authorization, invalid topic). A closed destination
+    /// ends it at once. None: never (the agent retries forever).
+    pub give_up_after: Option<Duration>,
+}
+
+impl Options {
+    /// The agent's publisher: waits for the lock, never gives up.
+    pub fn agent(spool_dir: &Path, stop: Arc<AtomicBool>) -> Options {
+        Options {
+            spool_dir: spool_dir.to_path_buf(),
+            exit_when_empty: Arc::new(AtomicBool::new(false)),
+            stop,
+            wait_for_lock: true,
+            give_up_after: None,
+        }
+    }
 }
 
 const BATCH: usize = 1024;
 const RETRY_BACKOFF: Duration = Duration::from_secs(1);
+/// A container whose deliveries keep failing waits at most this long
+/// between attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 /// Also checkpoint after this many acknowledged records, so a crash resends
 /// at most this many already-delivered records (plus what was in flight).
 pub const CHECKPOINT_RECORDS: u64 = 4096;
 const RECHECK_EVERY: Duration = Duration::from_millis(250);
 const RESCAN_EVERY: Duration = Duration::from_secs(2);
+/// The default of `give_up_after` for `run` and `publish --until-empty`.
+pub const GIVE_UP_AFTER: Duration = Duration::from_secs(30);
 
 struct InFlight {
     index: u64,
     pos: Position,
     ts_micros: i64,
+    bytes: usize,
     acked: bool,
 }
 
@@ -91,6 +122,8 @@ struct Container {
     generation: u64,
     next_index: u64,
     inflight: VecDeque<InFlight>,
+    /// Encoded bytes of `inflight` (this container's share of the window).
+    inflight_bytes: usize,
     acked: Position,
     stored: Position,
     acked_since_store: u64,
@@ -100,6 +133,14 @@ struct Container {
     finished: bool,
     retry_at: Option<Instant>,
     held: Option<(Record, Position)>,
+    /// Deliveries fail with this cause, since then (cleared by a success).
+    failing: Option<(health::Cause, Instant)>,
+    /// The wait before the next attempt after a failure (doubles).
+    backoff: Duration,
+    /// The largest loss totals seen in this container's notices.
+    loss_totals: [u64; crate::spool::notice::LossReason::ALL.len()],
+    /// Torn frames already added to the metrics.
+    torn_counted: u64,
 }
 
 pub struct Publisher {
@@ -110,17 +151,26 @@ pub struct Publisher {
     containers: BTreeMap<String, Container>,
     slots: HashMap<u64, String>,
     next_slot: u64,
-    /// Directories seen without a readable meta.json yet.
+    /// Container directories seen without a readable meta.json yet.
     unready: BTreeMap<String, Instant>,
+    /// Entries of the spool root that are not ours (logged once).
+    ignored: std::collections::BTreeSet<String>,
     watcher: Watcher,
     metrics: Arc<Metrics>,
+    health: Health,
+    lock: Option<SpoolLock>,
     in_flight_bytes: usize,
     in_flight_msgs: u64,
-    healthy: bool,
+    /// Since when records have been in flight without any delivery.
+    stall_since: Option<Instant>,
+    /// The sink said its destination is gone for good.
+    closed: Option<String>,
     scratch: Vec<u8>,
 }
 
 impl Publisher {
+    /// Creates the spool root if need be and takes its lock (unless
+    /// `wait_for_lock`: then [`run`](Self::run) waits for it).
     pub fn new(
         config: Arc<Config>,
         opts: Options,
@@ -129,9 +179,17 @@ impl Publisher {
     ) -> Result<Publisher, String> {
         std::fs::create_dir_all(&opts.spool_dir)
             .map_err(|e| format!("cannot create spool_dir {}: {e}", opts.spool_dir.display()))?;
+        let lock = match SpoolLock::acquire(&opts.spool_dir) {
+            Ok(l) => Some(l),
+            Err(LockError::Held(_)) if opts.wait_for_lock => None,
+            Err(e) => return Err(e.describe(&opts.spool_dir)),
+        };
         let watcher = Watcher::new(&opts.spool_dir)
             .map_err(|e| format!("cannot watch spool_dir {}: {e}", opts.spool_dir.display()))?;
         let sink = make_sink()?;
+        metrics
+            .publisher_active
+            .store(u64::from(lock.is_some()), Ordering::Relaxed);
         Ok(Publisher {
             config,
             opts,
@@ -141,11 +199,15 @@ impl Publisher {
             slots: HashMap::new(),
             next_slot: 1,
             unready: BTreeMap::new(),
+            ignored: Default::default(),
             watcher,
+            health: Health::new(metrics.clone()),
             metrics,
+            lock,
             in_flight_bytes: 0,
             in_flight_msgs: 0,
-            healthy: true,
+            stall_since: None,
+            closed: None,
             scratch: Vec::with_capacity(64 * 1024),
         })
     }
@@ -154,23 +216,59 @@ impl Publisher {
         self.metrics.clone()
     }
 
+    /// Waits for another publisher to let go of the spool (the agent's
+    /// mode); false when stopped first.
+    fn wait_for_lock(&mut self) -> bool {
+        let mut since: Option<Instant> = None;
+        while self.lock.is_none() {
+            match SpoolLock::acquire(&self.opts.spool_dir) {
+                Ok(l) => {
+                    if let Some(t) = since {
+                        log::info(&format!(
+                            "took over spool {} after waiting {} s for the other publisher",
+                            self.opts.spool_dir.display(),
+                            t.elapsed().as_secs()
+                        ));
+                    }
+                    self.lock = Some(l);
+                    self.metrics.publisher_active.store(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    since.get_or_insert_with(Instant::now);
+                    let msg = e.describe(&self.opts.spool_dir);
+                    self.health.warn("lock", || {
+                        format!("{msg}; not publishing until it exits (containers keep spooling)")
+                    });
+                    for _ in 0..20 {
+                        if self.stopping() {
+                            return false;
+                        }
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+            }
+        }
+        true
+    }
+
     /// Runs until `stop` is set (or, with `exit_when_empty`, until the spool
-    /// has no container left).
-    pub fn run(&mut self) {
+    /// has no container left). Err: gave up (see `give_up_after`), with
+    /// what remains and why.
+    pub fn run(&mut self) -> Result<(), String> {
+        if !self.wait_for_lock() {
+            return Ok(());
+        }
         if let Err(e) = self.sink.startup_check() {
-            log::error(&format!(
-                "{e}; records stay in the spool and are sent once it is reachable"
-            ));
-            self.healthy = false;
-            self.metrics.set_error(Some(e));
+            self.health.client_error(&e);
         }
         self.scan_root();
         let mut events = Vec::new();
         let mut deliveries = Vec::new();
         let mut last_rescan = Instant::now();
         let mut last_metrics = Instant::now();
+        let mut result = Ok(());
         loop {
-            if self.opts.stop.load(Ordering::Relaxed) {
+            if self.stopping() {
                 break;
             }
             for e in events.drain(..) {
@@ -206,8 +304,14 @@ impl Publisher {
                 .store(self.in_flight_msgs, Ordering::Relaxed);
             self.check_errors();
             self.store_and_finish();
-            if self.opts.exit_when_empty && self.containers.is_empty() && self.unready.is_empty() {
-                break;
+            if self.opts.exit_when_empty.load(Ordering::Relaxed) {
+                if self.containers.is_empty() && !self.unready_with_data() {
+                    break;
+                }
+                if let Some(why) = self.gave_up() {
+                    result = Err(why);
+                    break;
+                }
             }
             if last_metrics.elapsed()
                 >= Duration::from_millis(self.config.metrics_interval_ms.max(100))
@@ -220,7 +324,7 @@ impl Publisher {
                 (false, 0) => 100,
                 // Deliveries outstanding: look for them again soon (less
                 // often while the broker is unreachable).
-                (false, _) if self.healthy => 5,
+                (false, _) if self.stall_since.is_some_and(|t| t.elapsed() < STALL_AFTER) => 5,
                 (false, _) => 50,
             };
             self.watcher.wait(wait_ms, &mut events);
@@ -239,7 +343,61 @@ impl Publisher {
                 let _ = c.reader.acknowledge(c.acked);
             }
         }
+        self.update_pending_metrics();
         self.write_metrics();
+        result
+    }
+
+    /// With `give_up_after`: why to stop waiting, if every container left
+    /// is blocked by a permanent error for that long (at once when the
+    /// destination is closed).
+    fn gave_up(&self) -> Option<String> {
+        let after = self.opts.give_up_after?;
+        let remaining = || {
+            let records: usize = self
+                .containers
+                .values()
+                .map(|c| c.inflight.len() + usize::from(c.held.is_some()))
+                .sum();
+            format!(
+                "{} container(s) with undelivered records (at least {records} read) remain in {}",
+                self.containers.len(),
+                self.opts.spool_dir.display()
+            )
+        };
+        let closed = self.closed.clone().or_else(|| {
+            self.containers.values().find_map(|c| match c.failing {
+                Some((health::Cause::Closed, _)) => Some("standard output closed".to_string()),
+                _ => None,
+            })
+        });
+        if let Some(m) = closed {
+            return Some(format!("{m}; {}", remaining()));
+        }
+        if self.containers.is_empty() {
+            return None;
+        }
+        let client = matches!(self.health.client_problem,
+            Some((c, t)) if c.permanent() && t.elapsed() >= after);
+        let blocked = |c: &Container| {
+            let own = matches!(c.failing, Some((f, t)) if f.permanent() && t.elapsed() >= after);
+            own || (client && (!c.inflight.is_empty() || c.held.is_some()))
+        };
+        if !self.containers.values().all(blocked) {
+            return None;
+        }
+        let why = self
+            .metrics
+            .last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or_else(|| "permanent Kafka error".into());
+        Some(format!(
+            "giving up after {} s of a permanent error ({why}); {}",
+            after.as_secs(),
+            remaining()
+        ))
     }
 
     fn write_metrics(&self) {
@@ -255,43 +413,45 @@ impl Publisher {
 /// A publisher running on its own thread (the agent module, `run`).
 pub struct Handle {
     pub stop: Arc<AtomicBool>,
+    exit_when_empty: Arc<AtomicBool>,
     pub metrics: Arc<Metrics>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    thread: Option<std::thread::JoinHandle<Result<(), String>>>,
 }
 
 impl Handle {
-    pub fn spawn(
-        config: Arc<Config>,
-        spool_dir: &Path,
-        exit_when_empty: bool,
-    ) -> Result<Handle, String> {
-        let stop = Arc::new(AtomicBool::new(false));
+    pub fn spawn(config: Arc<Config>, opts: Options) -> Result<Handle, String> {
         let metrics = Arc::new(Metrics::default());
-        let mut p = Publisher::new(
-            config.clone(),
-            Options {
-                spool_dir: spool_dir.to_path_buf(),
-                exit_when_empty,
-                stop: stop.clone(),
-            },
-            sink_factory(&config),
-            metrics.clone(),
-        )?;
+        let (stop, exit_when_empty) = (opts.stop.clone(), opts.exit_when_empty.clone());
+        let mut p = Publisher::new(config.clone(), opts, sink_factory(&config), metrics.clone())?;
         let thread = std::thread::Builder::new()
             .name("mesos-gelf-publisher".into())
             .spawn(move || p.run())
             .map_err(|e| format!("cannot start the publisher thread: {e}"))?;
         Ok(Handle {
             stop,
+            exit_when_empty,
             metrics,
             thread: Some(thread),
         })
     }
 
-    /// Waits for the thread to return (with `exit_when_empty`: the spool is empty).
-    pub fn join(mut self) {
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+    /// From now on the thread returns once the spool is empty.
+    pub fn finish_when_empty(&self) {
+        self.exit_when_empty.store(true, Ordering::Relaxed);
+    }
+
+    /// True once the thread has returned.
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+
+    /// Waits for the thread to return (with `exit_when_empty`: the spool is
+    /// empty, or it gave up: Err says why).
+    pub fn join(mut self) -> Result<(), String> {
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err("the publisher thread panicked".into()),
+            None => Ok(()),
         }
     }
 }

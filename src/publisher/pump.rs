@@ -1,14 +1,25 @@
 //! Pumping: records from each container's spool, encoded, into the sink,
 //! within the in-flight window.
+//!
+//! Every pass makes progress or stops: a record is sent, held for the next
+//! pass (sink queue full, container backing off), cut smaller, or dropped
+//! and counted when it cannot fit the broker's limit even in its floor form
+//! (see [`crate::gelf::Encoder`]). The stop flag is checked between records.
 
 use super::*;
+use crate::gelf::{Fit, MIN_MESSAGE_BYTES};
+use crate::spool::notice::{self, LossReason};
+
+/// A container whose deliveries fail sends one record at a time until one
+/// succeeds (a probe), so a broken topic never fills the shared window.
+const PROBE_RECORDS: usize = 1;
 
 impl Publisher {
     pub(super) fn pump_all(&mut self) -> bool {
         let mut progress = false;
         let keys: Vec<String> = self.containers.keys().cloned().collect();
         for k in keys {
-            if self.in_flight_bytes >= self.config.max_in_flight_bytes {
+            if self.in_flight_bytes >= self.config.max_in_flight_bytes || self.stopping() {
                 break;
             }
             match self.pump(&k) {
@@ -23,6 +34,7 @@ impl Publisher {
     /// Sends up to BATCH records of one container. Err(Full) stops the round.
     pub(super) fn pump(&mut self, key: &str) -> Result<usize, SendError> {
         let now = Instant::now();
+        let stop = self.opts.stop.clone();
         let c = self.containers.get_mut(key).expect("container");
         if c.finished || c.retry_at.is_some_and(|t| now < t) {
             return Ok(0);
@@ -32,14 +44,32 @@ impl Publisher {
         }
         c.retry_at = None;
         c.last_try = now;
+        // One container may take at most half the window, so another one
+        // always finds room; a failing one sends a single probe.
+        let own_limit = if c.failing.is_some() {
+            0
+        } else {
+            self.config.max_in_flight_bytes / 2
+        };
         let mut sent = 0;
         while sent < BATCH && self.in_flight_bytes < self.config.max_in_flight_bytes {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let unacked = c.inflight.iter().filter(|e| !e.acked).count();
+            if c.failing.is_some() && unacked >= PROBE_RECORDS {
+                break;
+            }
+            if c.failing.is_none() && c.inflight_bytes >= own_limit {
+                break;
+            }
             let (rec, pos) = match c.held.take() {
                 Some(h) => h,
                 None => match c.reader.read_next() {
                     Ok(Next::Record(r, p)) => {
                         if r.stream == Stream::Notice {
                             Metrics::add(&self.metrics.loss_notices, 1);
+                            count_losses(&self.metrics, &mut c.loss_totals, &r.payload);
                         }
                         (r, p)
                     }
@@ -52,15 +82,24 @@ impl Publisher {
                         break;
                     }
                     Err(e) => {
-                        log::warn(&format!("reading spool {}: {e}", c.dir.display()));
+                        let dir = c.dir.display().to_string();
+                        self.health.warn(&format!("{}\0read", c.key), || {
+                            format!("reading spool {dir}: {e}; retrying")
+                        });
                         c.retry_at = Some(now + RETRY_BACKOFF);
                         break;
                     }
                 },
             };
             self.scratch.clear();
-            if c.encoder.encode(&rec, &mut self.scratch) {
-                Metrics::add(&self.metrics.truncated, 1);
+            match c.encoder.encode(&rec, &mut self.scratch) {
+                Fit::Whole => {}
+                Fit::Cut => Metrics::add(&self.metrics.truncated, 1),
+                Fit::Over => {
+                    // Cannot happen at or above the floor; counted if it does.
+                    drop_record(&self.metrics, &mut self.health, c, &rec, pos, "does not fit even cut");
+                    continue;
+                }
             }
             let ticket = Ticket {
                 container: c.slot,
@@ -76,10 +115,15 @@ impl Publisher {
                         index: ticket.index,
                         pos,
                         ts_micros: rec.ts_micros,
+                        bytes: ticket.bytes,
                         acked: false,
                     });
+                    c.inflight_bytes += ticket.bytes;
                     self.in_flight_bytes += ticket.bytes;
                     self.in_flight_msgs += 1;
+                    if self.stall_since.is_none() {
+                        self.stall_since = Some(Instant::now());
+                    }
                     sent += 1;
                 }
                 Err(SendError::Full) => {
@@ -87,18 +131,39 @@ impl Publisher {
                     return Err(SendError::Full);
                 }
                 Err(SendError::TooLarge(m)) => {
-                    let n = (c.encoder.max_bytes() / 2).max(1024);
-                    c.encoder.set_max_bytes(n);
-                    log::warn(&format!(
-                        "{}: {m}; cutting its messages to {n} bytes",
-                        c.key
-                    ));
+                    // The client refuses it outright: cut this container's
+                    // messages smaller, down to the floor; at the floor the
+                    // record is dropped and counted. Either way, progress.
+                    let cur = c.encoder.max_bytes();
+                    if cur > MIN_MESSAGE_BYTES {
+                        let n = (cur / 2).max(MIN_MESSAGE_BYTES);
+                        c.encoder.set_max_bytes(n);
+                        let (k, dropped) = (c.key.clone(), c.encoder.fields_dropped());
+                        self.health.warn(&format!("{k}\0too-large"), || {
+                            format!(
+                                "container {k}: {m}; cutting its messages to {n} bytes{}",
+                                if dropped > 0 {
+                                    format!(" ({dropped} label/static fields left out)")
+                                } else {
+                                    String::new()
+                                }
+                            )
+                        });
+                        c.held = Some((rec, pos));
+                    } else {
+                        drop_record(&self.metrics, &mut self.health, c, &rec, pos, &m);
+                    }
+                }
+                Err(SendError::Closed(m)) => {
                     c.held = Some((rec, pos));
+                    self.closed = Some(m);
+                    break;
                 }
                 Err(SendError::Fatal(m)) | Err(SendError::Other(m)) => {
                     c.held = Some((rec, pos));
-                    c.retry_at = Some(now + RETRY_BACKOFF);
-                    self.metrics.set_error(Some(m));
+                    c.retry_at = Some(now + c.backoff);
+                    let (k, t) = (c.key.clone(), c.topic.clone());
+                    self.health.container_error(&k, &t, &m);
                     break;
                 }
             }
@@ -107,5 +172,53 @@ impl Publisher {
             .in_flight
             .store(self.in_flight_msgs, Ordering::Relaxed);
         Ok(sent)
+    }
+
+    pub(super) fn stopping(&self) -> bool {
+        self.opts.stop.load(Ordering::Relaxed)
+    }
+}
+
+/// Gives up on one record that no limit can fit: counted, logged (limited),
+/// and acknowledged in order so the container moves on.
+fn drop_record(
+    metrics: &Metrics,
+    health: &mut Health,
+    c: &mut Container,
+    rec: &Record,
+    pos: Position,
+    why: &str,
+) {
+    Metrics::add(&metrics.dropped[LossReason::TooLarge as usize], 1);
+    let (k, stream, seq, n) = (c.key.clone(), rec.stream.name(), rec.seq, rec.payload.len());
+    health.warn(&format!("{k}\0dropped-too-large"), || {
+        format!(
+            "container {k}: dropped {stream} record _seq {seq} ({n} bytes): {why}, and it cannot be cut below {MIN_MESSAGE_BYTES} bytes"
+        )
+    });
+    c.next_index += 1;
+    if c.inflight.is_empty() {
+        c.acked = pos;
+        c.acked_since_store += 1;
+    } else {
+        c.inflight.push_back(InFlight {
+            index: c.next_index - 1,
+            pos,
+            ts_micros: rec.ts_micros,
+            bytes: 0,
+            acked: true,
+        });
+    }
+}
+
+/// Adds a notice's losses to the agent-wide counts: its totals are
+/// cumulative per container, so only the growth since the last one counts.
+fn count_losses(metrics: &Metrics, seen: &mut [u64], payload: &[u8]) {
+    for (reason, total) in notice::parse(payload).totals {
+        let i = reason as usize;
+        if total > seen[i] {
+            Metrics::add(&metrics.dropped[i], total - seen[i]);
+            seen[i] = total;
+        }
     }
 }

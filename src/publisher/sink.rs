@@ -41,6 +41,8 @@ pub enum SendError {
     TooLarge(String),
     /// The sink is broken and must be rebuilt (e.g. fatal idempotence error).
     Fatal(String),
+    /// The destination is gone for good (`run`'s standard output closed).
+    Closed(String),
     Other(String),
 }
 
@@ -100,7 +102,13 @@ impl<W: Write + Send> Sink for LineSink<W> {
             .out
             .write_all(payload)
             .and_then(|_| self.out.write_all(b"\n"));
-        r.map_err(|e| SendError::Other(e.to_string()))?;
+        r.map_err(|e| {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                SendError::Closed(format!("standard output closed ({e})"))
+            } else {
+                SendError::Other(e.to_string())
+            }
+        })?;
         self.pending.push(ticket);
         Ok(())
     }

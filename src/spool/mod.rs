@@ -65,7 +65,9 @@
 //! as torn; a non-regular checkpoint reads as corrupt.
 
 pub mod checkpoint;
+pub mod lock;
 pub mod meta;
+pub mod notice;
 pub mod reader;
 pub mod record;
 pub mod writer;
@@ -87,6 +89,9 @@ pub fn data_dir(container_dir: &Path) -> PathBuf {
     container_dir.join(DATA_DIR)
 }
 pub const META_FILE: &str = "meta.json";
+/// Prefix of a container directory still being prepared (renamed into
+/// place once whole).
+pub const PREPARING_PREFIX: &str = ".prep-";
 pub const DONE_FILE: &str = "done";
 pub const CHECKPOINT_FILE: &str = "checkpoint";
 

@@ -1,36 +1,94 @@
 //! The companion's side of the spool: append frames, roll segments, enforce
-//! the per-container cap by dropping the oldest unsent segment.
+//! the per-container cap by dropping the oldest unsent data.
 //!
 //! The writer never blocks on the reader and never fails its caller: a write
 //! error (disk full, I/O error) loses the frames in hand, counts them, and
 //! makes the next write start a fresh segment so the torn one is skipped by
 //! the reader instead of hiding later frames.
+//!
+//! The cap keeps the newest records, whatever the burst: frames are written
+//! in chunks of at most one segment, room for each chunk is made by
+//! dropping the oldest segments, and a batch larger than the whole cap first
+//! loses its own oldest frames. Every loss is recorded with its reason, its
+//! stream and its exact `_seq` range, and comes out as a notice record
+//! ([`super::notice`]) through [`SpoolWriter::take_loss_notices`].
 
-use super::record::Record;
+use super::notice::{self, Loss, LossReason};
+use super::record::{Record, Stream, HEADER_LEN};
 use super::{list_segments, segment_path, MAGIC};
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Notices of one kind are written at most this often (a burst of drops
+/// becomes one notice per reason and stream, with the whole range).
+pub const NOTICE_EVERY: Duration = Duration::from_secs(1);
+
+/// What one stream has in a segment (or lost in one go).
+#[derive(Debug, Default, Clone, Copy)]
+struct Span {
+    records: u64,
+    bytes: u64,
+    first: u64,
+    last: u64,
+}
+
+impl Span {
+    fn add(&mut self, seq: u64, bytes: u64) {
+        if self.records == 0 {
+            self.first = seq;
+        }
+        self.records += 1;
+        self.bytes += bytes;
+        self.last = seq;
+    }
+}
+
+/// Index of a stream in per-stream arrays.
+fn slot(s: Stream) -> usize {
+    s as usize - 1
+}
 
 /// One segment this writer created and may still have to drop.
 #[derive(Debug)]
 struct Segment {
     index: u64,
     bytes: u64,
-    records: u64,
+    spans: [Span; 3],
+    /// The losses the notices in it report: reported again if it is
+    /// dropped, so no lost `_seq` goes unnamed.
+    notices: Vec<Loss>,
 }
 
-/// Counters of what the writer could not keep.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Losses {
-    /// Records dropped because the spool reached its cap (oldest first).
-    pub dropped_records: u64,
-    pub dropped_bytes: u64,
-    /// Records lost to write errors (e.g. the spool's filesystem is full).
-    pub failed_records: u64,
-    pub failed_bytes: u64,
+/// The frames at the start of `buf` (whole frames only): length, stream, seq.
+fn frames(buf: &[u8]) -> impl Iterator<Item = (usize, Stream, u64)> + '_ {
+    let mut off = 0;
+    std::iter::from_fn(move || {
+        if off + HEADER_LEN + 24 > buf.len() {
+            return None;
+        }
+        let body = u32::from_le_bytes(buf[off..off + 4].try_into().unwrap()) as usize;
+        let len = HEADER_LEN + body;
+        let stream = Stream::from_u8(buf[off + HEADER_LEN]).unwrap_or(Stream::Notice);
+        let seq = u64::from_le_bytes(buf[off + 16..off + 24].try_into().unwrap());
+        off += len;
+        Some((len, stream, seq))
+    })
+}
+
+/// Bytes of the whole frames at the start of `buf` that fit in `room`.
+fn fitting(buf: &[u8], room: u64) -> usize {
+    let mut n = 0usize;
+    for (len, _, _) in frames(buf) {
+        if (n + len) as u64 > room {
+            break;
+        }
+        n += len;
+    }
+    n
 }
 
 pub struct SpoolWriter {
@@ -42,11 +100,14 @@ pub struct SpoolWriter {
     segments: VecDeque<Segment>,
     next_index: u64,
     pending: Vec<u8>,
-    pending_records: u64,
-    pub losses: Losses,
-    /// Losses already reported in a notice record.
-    reported: Losses,
+    /// Losses not yet reported, in order.
+    unreported: Vec<Loss>,
+    /// Cumulative losses by reason (records; bytes for SandboxWrite).
+    totals: [u64; LossReason::ALL.len()],
+    last_notice: Option<Instant>,
     pub last_error: Option<String>,
+    /// Why the sandbox files could not be written (for the notice).
+    pub sandbox_error: Option<String>,
 }
 
 impl SpoolWriter {
@@ -57,27 +118,101 @@ impl SpoolWriter {
         let last = list_segments(dir)?.last().copied().unwrap_or(0);
         Ok(SpoolWriter {
             dir: dir.to_path_buf(),
-            segment_size,
+            segment_size: segment_size.max(1),
             cap,
             file: None,
             segments: VecDeque::new(),
             next_index: last + 1,
-            pending: Vec::with_capacity(256 * 1024),
-            pending_records: 0,
-            losses: Losses::default(),
-            reported: Losses::default(),
+            pending: Vec::with_capacity(64 * 1024),
+            unreported: Vec::new(),
+            totals: [0; LossReason::ALL.len()],
+            last_notice: None,
             last_error: None,
+            sandbox_error: None,
         })
     }
 
     /// Queues a record; it reaches the file at the next [`flush`](Self::flush).
     pub fn append(&mut self, rec: &Record) {
         rec.encode_frame(&mut self.pending);
-        self.pending_records += 1;
     }
 
     pub fn pending_bytes(&self) -> usize {
         self.pending.len()
+    }
+
+    /// Cumulative losses for `reason` (records; bytes for SandboxWrite).
+    pub fn total(&self, reason: LossReason) -> u64 {
+        self.totals[reason as usize]
+    }
+
+    /// Records a loss to report (also used for the sandbox's lost bytes).
+    /// Losses of one reason and stream accumulate until the next notice,
+    /// their `_seq` ranges merged where they touch.
+    pub fn record_loss(&mut self, loss: Loss) {
+        self.totals[loss.reason as usize] += if loss.reason == LossReason::SandboxWrite {
+            loss.bytes
+        } else {
+            loss.records
+        };
+        match self
+            .unreported
+            .iter_mut()
+            .find(|l| l.reason == loss.reason && l.stream == loss.stream)
+        {
+            Some(prev) => {
+                prev.records += loss.records;
+                prev.bytes += loss.bytes;
+                for (a, b) in loss.seqs {
+                    prev.add_range(a, b);
+                }
+            }
+            None => self.unreported.push(loss),
+        }
+    }
+
+    /// A loss reported by a notice that was itself dropped: reported again
+    /// (the totals already count it).
+    fn requeue(&mut self, loss: Loss) {
+        let before = self.totals;
+        self.record_loss(loss);
+        self.totals = before;
+    }
+
+    /// Records the records of `spans` as lost. Notice records are not
+    /// counted: what they said is reported again (see `requeue`).
+    fn lose_spans(&mut self, reason: LossReason, spans: &[Span; 3]) {
+        for s in [Stream::Stdout, Stream::Stderr] {
+            let sp = spans[slot(s)];
+            if sp.records > 0 {
+                self.record_loss(Loss {
+                    reason,
+                    stream: Some(s),
+                    records: sp.records,
+                    bytes: sp.bytes,
+                    seqs: vec![(sp.first, sp.last)],
+                });
+            }
+        }
+    }
+
+    /// Records the frames of `pending[from..to]` as lost for `reason`
+    /// (a notice among them is reported again instead).
+    fn lose_frames(&mut self, reason: LossReason, from: usize, to: usize) {
+        let mut spans = [Span::default(); 3];
+        let mut requeued = Vec::new();
+        let mut at = from;
+        for (len, s, seq) in frames(&self.pending[from..to]) {
+            spans[slot(s)].add(seq, (len - HEADER_LEN - 24) as u64);
+            if s == Stream::Notice {
+                requeued.extend(notice::loss_of(&self.pending[at + HEADER_LEN + 24..at + len]));
+            }
+            at += len;
+        }
+        self.lose_spans(reason, &spans);
+        for l in requeued {
+            self.requeue(l);
+        }
     }
 
     fn new_segment(&mut self) -> std::io::Result<()> {
@@ -98,114 +233,194 @@ impl SpoolWriter {
         self.segments.push_back(Segment {
             index,
             bytes: MAGIC.len() as u64,
-            records: 0,
+            spans: [Span::default(); 3],
+            notices: Vec::new(),
         });
         Ok(())
     }
 
-    /// Writes the queued frames. On error the frames are counted as lost and
-    /// the segment is abandoned.
+    /// Writes the queued frames, in chunks of at most one segment, keeping
+    /// the spool under its cap (oldest data dropped first). On a write error
+    /// the unwritten frames are counted as lost and the segment abandoned.
     pub fn flush(&mut self) {
         if self.pending.is_empty() {
             return;
         }
-        let need_roll = match self.segments.back() {
-            Some(s) => self.file.is_none() || s.bytes >= self.segment_size,
-            None => true,
-        };
-        if need_roll {
+        // A batch larger than the whole cap keeps only its newest frames.
+        let room = self.cap.saturating_sub(MAGIC.len() as u64);
+        if self.pending.len() as u64 > room {
+            let total = self.pending.len();
+            let mut cut = 0;
+            for (len, _, _) in frames(&self.pending) {
+                if ((total - cut) as u64) <= room {
+                    break;
+                }
+                cut += len;
+            }
+            self.lose_frames(LossReason::SpoolCap, 0, cut);
+            self.pending.drain(..cut);
+            // What follows is not contiguous with the open segment: start a
+            // new one, so every segment's `_seq` ranges stay exact.
             self.file = None;
-            self.enforce_cap(self.pending.len() as u64);
-            if let Err(e) = self.new_segment() {
-                self.fail(format!(
-                    "cannot create a spool segment in {}: {e}",
-                    self.dir.display()
-                ));
-                return;
-            }
         }
-        let f = self.file.as_mut().expect("segment open");
-        match f.write_all(&self.pending) {
-            Ok(()) => {
-                let s = self.segments.back_mut().expect("segment");
-                s.bytes += self.pending.len() as u64;
-                s.records += self.pending_records;
-                self.pending.clear();
-                self.pending_records = 0;
-            }
-            Err(e) => {
+        let mut off = 0;
+        while off < self.pending.len() {
+            let in_current = match (&self.file, self.segments.back()) {
+                (Some(_), Some(s)) => fitting(
+                    &self.pending[off..],
+                    self.segment_size.saturating_sub(s.bytes),
+                ),
+                _ => 0,
+            };
+            let end = if in_current > 0 {
+                self.make_room(in_current as u64);
+                off + in_current
+            } else {
+                // Roll: a fresh segment takes at least one frame.
+                self.file = None;
+                let rest = &self.pending[off..];
+                let first = frames(rest).next().map_or(rest.len(), |f| f.0);
+                let n = fitting(rest, self.segment_size).max(first);
+                self.make_room(n as u64 + MAGIC.len() as u64);
+                if let Err(e) = self.new_segment() {
+                    let msg = format!("cannot create a spool segment in {}: {e}", self.dir.display());
+                    self.fail(off, msg);
+                    return;
+                }
+                off + n
+            };
+            let f = self.file.as_mut().expect("segment open");
+            if let Err(e) = f.write_all(&self.pending[off..end]) {
                 // Part of the frames may be in the file: abandon this segment
                 // so that the reader skips its torn tail and moves on.
                 self.file = None;
-                self.fail(format!("spool write failed in {}: {e}", self.dir.display()));
+                let msg = format!("spool write failed in {}: {e}", self.dir.display());
+                self.fail(off, msg);
+                return;
             }
+            let s = self.segments.back_mut().expect("segment");
+            s.bytes += (end - off) as u64;
+            let mut at = off;
+            for (len, st, seq) in frames(&self.pending[off..end]) {
+                s.spans[slot(st)].add(seq, (len - HEADER_LEN - 24) as u64);
+                if st == Stream::Notice {
+                    let body = &self.pending[at + HEADER_LEN + 24..at + len];
+                    s.notices.extend(notice::loss_of(body));
+                }
+                at += len;
+            }
+            off = end;
         }
+        self.pending.clear();
     }
 
-    fn fail(&mut self, msg: String) {
-        self.losses.failed_records += self.pending_records;
-        self.losses.failed_bytes += self.pending.len() as u64;
+    /// The frames from `from` on could not be written.
+    fn fail(&mut self, from: usize, msg: String) {
+        let to = self.pending.len();
+        self.lose_frames(LossReason::SpoolWrite, from, to);
         self.pending.clear();
-        self.pending_records = 0;
         self.last_error = Some(msg);
     }
 
-    /// Drops the oldest segments (not the one being written) until `extra`
-    /// more bytes fit under the cap. Segments the publisher already deleted
-    /// (fully delivered) are forgotten without counting.
-    fn enforce_cap(&mut self, extra: u64) {
+    /// Drops the oldest closed segments until `extra` more bytes fit under
+    /// the cap. Segments the publisher already deleted (fully delivered)
+    /// are forgotten without counting. The open segment is never dropped.
+    fn make_room(&mut self, extra: u64) {
         self.segments
             .retain(|s| segment_path(&self.dir, s.index).exists());
+        let open = usize::from(self.file.is_some());
         let mut total: u64 = self.segments.iter().map(|s| s.bytes).sum();
-        while total + extra > self.cap && !self.segments.is_empty() {
+        while total + extra > self.cap && self.segments.len() > open {
             let s = self.segments.pop_front().expect("segment");
             total -= s.bytes;
             if std::fs::remove_file(segment_path(&self.dir, s.index)).is_ok() {
-                self.losses.dropped_records += s.records;
-                self.losses.dropped_bytes += s.bytes - MAGIC.len() as u64;
+                self.lose_spans(LossReason::SpoolCap, &s.spans);
+                for l in s.notices {
+                    self.requeue(l);
+                }
             }
         }
     }
 
-    /// A notice record describing losses not yet reported, if any.
-    pub fn take_loss_notice(&mut self, seq: u64) -> Option<Record> {
-        let l = self.losses;
-        let r = self.reported;
-        if l == r {
-            return None;
+    /// Notice records for the losses not yet reported: one per reason and
+    /// stream, at most once per [`NOTICE_EVERY`] unless `now` is forced (at
+    /// the end). `seq` is the container's last notice sequence number.
+    pub fn take_loss_notices(&mut self, seq: &mut u64, force: bool) -> Vec<Record> {
+        if self.unreported.is_empty()
+            || (!force && self.last_notice.is_some_and(|t| t.elapsed() < NOTICE_EVERY))
+        {
+            return Vec::new();
         }
-        self.reported = l;
-        let mut msg = String::from("mesos-gelf lost log records:");
-        if l.dropped_records > r.dropped_records {
-            msg.push_str(&format!(
-                " {} records ({} bytes) dropped, oldest first, because the spool reached its cap of {} bytes (Kafka slow or down?);",
-                l.dropped_records - r.dropped_records,
-                l.dropped_bytes - r.dropped_bytes,
-                self.cap
-            ));
-        }
-        if l.failed_records > r.failed_records {
-            msg.push_str(&format!(
-                " {} records ({} bytes) could not be written to the spool: {};",
-                l.failed_records - r.failed_records,
-                l.failed_bytes - r.failed_bytes,
-                self.last_error.as_deref().unwrap_or("write error")
-            ));
-        }
-        msg.push_str(&format!(
-            " totals so far: dropped={} failed={}",
-            l.dropped_records, l.failed_records
-        ));
-        Some(Record::notice(seq, msg))
+        self.last_notice = Some(Instant::now());
+        let totals: Vec<(LossReason, u64)> = LossReason::ALL
+            .into_iter()
+            .filter(|r| self.totals[*r as usize] > 0)
+            .map(|r| (r, self.totals[r as usize]))
+            .collect();
+        let losses = std::mem::take(&mut self.unreported);
+        losses
+            .iter()
+            .map(|l| {
+                *seq += 1;
+                notice::record(*seq, self.describe(l), Some(l), &totals)
+            })
+            .collect()
     }
 
-    /// Marks the spool complete: no frame will follow.
-    pub fn finish(mut self) -> std::io::Result<Losses> {
+    fn describe(&self, l: &Loss) -> String {
+        let stream = l.stream.map_or("", |s| s.name());
+        let range = match (l.seqs.first(), l.seqs.last()) {
+            (Some(f), Some(t)) if l.seqs.len() == 1 => format!(" (_seq {} to {})", f.0, t.1),
+            (Some(_), Some(_)) => format!(" (_seq {})", l.ranges_text()),
+            _ => String::new(),
+        };
+        match l.reason {
+            LossReason::SpoolCap => format!(
+                "mesos-gelf dropped {} {stream} records{range}, {} bytes, oldest first: the spool reached its cap of {} bytes (Kafka slow or down?)",
+                l.records, l.bytes, self.cap
+            ),
+            LossReason::SpoolWrite => format!(
+                "mesos-gelf lost {} {stream} records{range}, {} bytes: they could not be written to the spool: {}",
+                l.records,
+                l.bytes,
+                self.last_error.as_deref().unwrap_or("write error")
+            ),
+            LossReason::SandboxWrite => format!(
+                "mesos-gelf could not write {} bytes of {stream} to the sandbox files ({}); those lines are still shipped",
+                l.bytes,
+                self.sandbox_error.as_deref().unwrap_or("write error")
+            ),
+            other => format!(
+                "mesos-gelf lost {} {stream} records{range}: {}",
+                l.records,
+                other.name()
+            ),
+        }
+    }
+
+    /// Marks the spool complete: no frame will follow. Reports what is
+    /// left to report first (the notices' own room may drop more, which is
+    /// reported in turn). Returns the cumulative losses by reason.
+    pub fn finish(mut self, notice_seq: &mut u64) -> std::io::Result<Vec<(LossReason, u64)>> {
         self.flush();
+        for _ in 0..4 {
+            let notices = self.take_loss_notices(notice_seq, true);
+            if notices.is_empty() {
+                break;
+            }
+            for n in &notices {
+                self.append(n);
+            }
+            self.flush();
+        }
+        let totals = LossReason::ALL
+            .into_iter()
+            .map(|r| (r, self.totals[r as usize]))
+            .collect();
         if let Some(f) = self.file.take() {
             let _ = f.sync_data();
         }
         super::mark_done(&self.dir)?;
-        Ok(self.losses)
+        Ok(totals)
     }
 }
