@@ -11,7 +11,8 @@ command -v cmake >/dev/null || need+=(cmake)
 command -v pkg-config >/dev/null || need+=(pkg-config)
 command -v g++ >/dev/null || need+=(g++)
 [ -x /usr/bin/time ] || need+=(time)   # the benchmark measures with it
-command -v openssl >/dev/null || need+=(openssl)   # the TLS test makes a certificate
+command -v openssl >/dev/null || need+=(openssl)   # the TLS tests make certificates
+command -v socat >/dev/null || need+=(socat)       # TLS in front of the test broker
 dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
 dpkg -s libcurl4-openssl-dev >/dev/null 2>&1 || need+=(libcurl4-openssl-dev)
 if [ ${#need[@]} -gt 0 ]; then

@@ -118,18 +118,18 @@ pub struct Config {
 /// description; README's parameter table is written from this list.
 pub const PARAMETERS: &[(&str, &str, &str)] = &[
     ("spool_dir", "/var/lib/mesos-gelf/spool (module); a temporary directory (run)", "Root of the on-disk spool: one directory per container."),
-    ("spool_max_size", "256MB", "Per-container spool cap; past it the oldest unsent segment is dropped and the drop reported."),
+    ("spool_max_size", "256MB", "Per-container spool cap; past it the oldest unsent records are dropped (the newest always kept) and each drop reported with its _seq range."),
     ("spool_segment_size", "8MB", "Size at which the companion starts a new spool segment (capped at spool_max_size/4)."),
     ("sandbox_max_size", "10MB", "Rotate <sandbox>/stdout and stderr past this size."),
     ("sandbox_max_files", "5", "Keep at most this many files per stream (stdout, stdout.1 ...)."),
-    ("max_line_bytes", "65536", "Longer lines are split into parts marked _line_part / _line_continues."),
+    ("max_line_bytes", "65536", "Longer lines are split into parts marked _line_part / _line_continues (at most a quarter of spool_max_size)."),
     ("idle_flush_ms", "500", "An unterminated line is shipped after this much silence."),
     ("multiline_start", "(off)", "Regex for the first line of a record; other lines are joined to it (stack traces)."),
-    ("multiline_max_bytes", "262144", "Largest joined multiline record; past it a new record starts."),
+    ("multiline_max_bytes", "262144", "Largest joined multiline record; past it a new record starts (at most a quarter of spool_max_size)."),
     ("multiline_timeout_ms", "1000", "A joined record is shipped after this much silence."),
     ("level_stdout", "6", "GELF level (syslog severity 0-7) of stdout lines."),
     ("level_stderr", "3", "GELF level of stderr lines."),
-    ("topic", "application_log", "Kafka topic."),
+    ("topic", "application_log", "Kafka topic: 1-249 of [a-zA-Z0-9._-], not `.` or `..`."),
     ("disable", "false", "Keep sandbox files only; ship nothing (meant as a per-task override)."),
     ("host", "this machine's hostname", "GELF `host` field."),
     ("labels", "all", "Which task/executor labels become _label_<key>: all, none, or a comma list."),
@@ -139,7 +139,7 @@ pub const PARAMETERS: &[(&str, &str, &str)] = &[
     ("cgroups_hierarchy", "/sys/fs/cgroup", "Where cgroups are mounted (as the agent's --cgroups_hierarchy)."),
     ("drop_privileges", "true (module); false (run)", "Run each companion as ContainerConfig.user (when the agent is root); an unknown user keeps the agent's user, with a warning."),
     ("max_in_flight_bytes", "8MB", "Publisher bound on encoded bytes handed to the sink but not yet acknowledged."),
-    ("max_message_bytes", "900000", "Largest GELF message produced; larger ones are truncated with _truncated=true."),
+    ("max_message_bytes", "900000", "Largest GELF message produced; larger ones are cut (_truncated); container fields take at most half of it (see GELF fields)."),
     ("metrics_interval_ms", "10000", "How often the publisher writes <spool_dir>/metrics.json and logs a summary."),
     ("kafka.<property>", "see README", "Any librdkafka producer property, passed verbatim."),
     ("field.<name>", "", "Static additional GELF field _<name> on every record."),
@@ -518,6 +518,17 @@ pub fn split_kv(s: &str) -> Result<(String, String), String> {
 mod tests {
     use super::*;
 
+    /// README's parameter table is this list, row for row.
+    #[test]
+    fn readme_parameter_table_matches_the_code() {
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        for (name, default, what) in PARAMETERS {
+            let row = format!("| `{name}` | {default} | {what} |");
+            assert!(readme.contains(&row), "README lacks the row:\n{row}");
+        }
+    }
+
     #[test]
     fn sizes_parse_like_mesos_bytes() {
         assert_eq!(parse_size("4096").unwrap(), 4096);
@@ -587,7 +598,9 @@ mod tests {
         assert_eq!(s.level_stderr, 4);
         assert_eq!(s.level_stdout, 6);
         assert_eq!(w.len(), 4, "{w:?}");
-        assert!(w.iter().any(|m| m.contains("gelf.topic") && m.contains("`..`")));
+        assert!(w
+            .iter()
+            .any(|m| m.contains("gelf.topic") && m.contains("`..`")));
         assert!(w.iter().any(|m| m.contains("GELF_LOGGER_LEVEL_STDOUT")));
         assert!(w.iter().any(|m| m.contains("cannot be set per task")));
     }

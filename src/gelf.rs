@@ -160,7 +160,9 @@ impl Encoder {
             ("_user", &id.user),
         ];
         let mut seen: Vec<String> = opt.iter().map(|(k, _)| k.to_string()).collect();
-        seen.extend(["_container_id", "_stream", "_seq", "_id", "_fields_dropped"].map(String::from));
+        seen.extend(
+            ["_container_id", "_stream", "_seq", "_id", "_fields_dropped"].map(String::from),
+        );
         for (k, v) in opt {
             if let Some(v) = v {
                 push_field(&mut f, k, v);
@@ -283,7 +285,13 @@ impl Encoder {
         loop {
             out.truncate(start);
             let cut = utf8_floor(&rec.payload, keep);
-            self.encode_payload(rec, &rec.payload[..cut], Some(rec.payload.len()), fields, out);
+            self.encode_payload(
+                rec,
+                &rec.payload[..cut],
+                Some(rec.payload.len()),
+                fields,
+                out,
+            );
             if out.len() - start <= self.max_bytes {
                 return Fit::Cut;
             }

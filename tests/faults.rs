@@ -11,6 +11,7 @@ use mesos_gelf_logger::config::ContainerSettings;
 use mesos_gelf_logger::metadata::Identity;
 use mesos_gelf_logger::spool::record::Stream;
 use mesos_gelf_logger::spool::{ContainerMeta, Next, Position, Record, SpoolReader};
+use serde_json::Value;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -138,28 +139,33 @@ fn spool_filesystem_full_sandbox_still_written_container_never_blocks_loss_repor
     );
     let recs = read_all(&spool.join("data"));
     let data: Vec<&Record> = recs.iter().filter(|r| r.stream == Stream::Stdout).collect();
-    let notice = recs
+    let notices: Vec<Value> = recs
         .iter()
-        .find(|r| r.stream == Stream::Notice)
-        .map(|r| String::from_utf8_lossy(&r.payload).into_owned())
+        .filter(|r| r.stream == Stream::Notice)
+        .map(|r| serde_json::from_slice(&r.payload).unwrap())
+        .collect();
+    let notice = notices
+        .iter()
+        .find(|n| n["reason"] == "spool_write")
         .expect("a loss notice once space came back");
-    let failed: u64 = notice
-        .split("failed=")
-        .nth(1)
-        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|n| n.parse().ok())
-        .expect(&notice);
     assert!(
-        notice.contains("could not be written to the spool"),
+        notice["text"]
+            .as_str()
+            .unwrap()
+            .contains("could not be written to the spool"),
         "{notice}"
     );
+    // Every line is either in the spool or named lost by a notice, once.
+    let kept: Vec<u64> = data.iter().map(|r| r.seq).collect();
+    let named: Vec<u64> = notices.iter().flat_map(support::lost_seqs).collect();
+    let failed = named.len();
     assert!(failed > 0);
-    // Everything is either in the spool or counted as lost (the notices'
-    // own failed writes count too).
-    assert!(
-        data.len() as u64 + failed >= 50_010,
-        "kept {} + failed {failed}",
-        data.len()
+    let mut all: Vec<u64> = kept.iter().chain(&named).copied().collect();
+    all.sort_unstable();
+    assert_eq!(
+        all,
+        (1..=50_010).collect::<Vec<u64>>(),
+        "kept + named lost = written, exactly"
     );
     assert_eq!(
         data.last().unwrap().seq,
@@ -193,19 +199,27 @@ fn sandbox_filesystem_full_spool_still_written_container_never_blocks_loss_repor
     let recs = read_all(&spool.join("data"));
     let data = recs.iter().filter(|r| r.stream == Stream::Stdout).count();
     assert_eq!(data, 50_000, "every line is spooled (and shipped)");
-    let notice = recs
+    let notices: Vec<Value> = recs
         .iter()
-        .find(|r| r.stream == Stream::Notice)
-        .map(|r| String::from_utf8_lossy(&r.payload).into_owned())
-        .expect("a sandbox loss notice");
+        .filter(|r| r.stream == Stream::Notice)
+        .map(|r| serde_json::from_slice(&r.payload).unwrap())
+        .collect();
+    let notice = notices.first().expect("a sandbox loss notice").to_string();
     assert!(
-        notice.contains("could not write") && notice.contains("sandbox"),
+        notices.iter().all(|n| n["reason"] == "sandbox_write"
+            && n["text"].as_str().unwrap().contains("could not write")),
         "{notice}"
     );
     let kept = std::fs::metadata(sandbox.join("stdout"))
         .map(|m| m.len())
         .unwrap_or(0);
+    let lost: u64 = notices.iter().map(|n| n["bytes"].as_u64().unwrap()).sum();
     assert!(kept < 5_000_000);
+    assert_eq!(
+        kept + lost,
+        lines(1, 50_000).len() as u64,
+        "sandbox bytes kept + reported lost = written"
+    );
     eprintln!("sandbox full: container wrote 5 MB in {write_time:?}; sandbox kept {kept} bytes; all 50000 records spooled; notice: {notice}");
 }
 

@@ -407,7 +407,7 @@ fn metrics_file_reports_what_was_published() {
         serde_json::from_slice(&std::fs::read(spool.join("metrics.json")).unwrap()).unwrap();
     assert_eq!(m["records_published"], 1000);
     assert_eq!(m["containers_finished"], 1);
-    assert_eq!(m["in_flight"], 0);
+    assert_eq!(m["records_in_flight"], 0);
     assert!(m["bytes_published"].as_u64().unwrap() > 100_000);
 }
 

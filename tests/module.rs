@@ -681,6 +681,67 @@ fn a_task_planting_links_and_fifos_in_its_spool_cannot_redirect_leak_or_stall_th
     assert_eq!(msgs.len(), 250);
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep\n");
     let m: Value = logger.publisher().unwrap().metrics.snapshot();
-    assert!(m["torn_frames"].as_u64().unwrap() >= 2, "{m}");
+    assert!(m["records_dropped/torn"].as_u64().unwrap() >= 2, "{m}");
     drop(logger);
+}
+
+/// Two agents (or an agent and `mesos-gelf publish`) on one spool: the
+/// second one's publisher does not ship while the first holds the spool,
+/// says so once, and takes over when the first exits. Its tasks still
+/// start and spool meanwhile, and nothing is shipped twice.
+#[test]
+fn a_second_agent_on_the_same_spool_waits_for_the_first_and_takes_over() {
+    let broker = Broker::start();
+    let d = tempfile::tempdir().unwrap();
+    let spool = d.path().join("spool");
+    let mut first = Logger::new(module_config(&broker.addr(), &spool, "second"), bin()).unwrap();
+    first.initialize(None).unwrap();
+    let mut second = Logger::new(module_config(&broker.addr(), &spool, "second"), bin()).unwrap();
+    second.initialize(None).unwrap();
+    let active = |l: &Logger| {
+        l.publisher()
+            .unwrap()
+            .metrics
+            .publisher_active
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    assert_eq!(active(&first), 1);
+    assert_eq!(active(&second), 0, "the second one waits");
+    let mut write = |l: &Logger, id: &str| {
+        let sbx = d.path().join(id);
+        std::fs::create_dir_all(&sbx).unwrap();
+        let json = serde_json::json!({"directory": sbx.display().to_string()}).to_string();
+        let p = l.prepare(id, &json, None).unwrap();
+        let mut out = std::fs::File::from(p.stdout);
+        for i in 1..=1000 {
+            writeln!(out, "{i}").unwrap();
+        }
+    };
+    write(&second, "c-by-second");
+    write(&first, "c-by-first");
+    let mut w = SeqWatch::new(&[("c-by-second", 1000), ("c-by-first", 1000)]);
+    consume_until(
+        &broker.addr(),
+        "second",
+        Duration::from_secs(60),
+        Duration::ZERO,
+        |m| w.add(m),
+    );
+    drop(first);
+    let t0 = std::time::Instant::now();
+    while active(&second) == 0 {
+        assert!(t0.elapsed() < Duration::from_secs(30), "never took over");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    write(&second, "c-after");
+    let mut w = SeqWatch::new(&[("c-by-second", 1000), ("c-by-first", 1000), ("c-after", 1000)]);
+    let msgs = consume_until(
+        &broker.addr(),
+        "second",
+        Duration::from_secs(60),
+        Duration::from_secs(1),
+        |m| w.add(m),
+    );
+    assert_eq!(msgs.len(), 3000, "nothing twice");
+    drop(second);
 }

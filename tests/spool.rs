@@ -141,20 +141,6 @@ fn checkpoint_resume_and_acknowledged_segments_are_deleted() {
     }
 }
 
-/// The seqs a notice names as lost: its `ranges`, or first..=last.
-fn lost_seqs(v: &serde_json::Value) -> Vec<u64> {
-    match v["ranges"].as_str() {
-        Some(r) => r
-            .split(',')
-            .flat_map(|p| {
-                let (a, b) = p.split_once('-').unwrap_or((p, p));
-                a.parse::<u64>().unwrap()..=b.parse::<u64>().unwrap()
-            })
-            .collect(),
-        None => (v["first_seq"].as_u64().unwrap()..=v["last_seq"].as_u64().unwrap()).collect(),
-    }
-}
-
 /// Writes `n` records with `flush_every` records per flush (0: one batch at
 /// the end), then checks the cap: the newest are kept, what is kept is
 /// contiguous, and the notices' `_seq` ranges name exactly the rest.
@@ -182,7 +168,10 @@ fn cap_keeps_newest(cap: u64, n: u64, flush_every: u64) {
         .iter()
         .map(|&s| std::fs::metadata(segment_path(d.path(), s)).unwrap().len())
         .sum();
-    assert!(total <= cap, "the spool stays under its cap: {total} > {cap}");
+    assert!(
+        total <= cap,
+        "the spool stays under its cap: {total} > {cap}"
+    );
     let (recs, _, finished) = read_all(d.path());
     assert!(finished);
     let data: Vec<&Record> = recs.iter().filter(|r| r.stream == Stream::Stdout).collect();
@@ -199,7 +188,7 @@ fn cap_keeps_newest(cap: u64, n: u64, flush_every: u64) {
         let v: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
         assert_eq!(v["reason"], "spool_cap", "{v}");
         assert_eq!(v["stream"], "stdout", "{v}");
-        let seqs = lost_seqs(&v);
+        let seqs = support::lost_seqs(&v);
         assert_eq!(v["records"].as_u64().unwrap(), seqs.len() as u64, "{v}");
         for s in seqs {
             assert!(named.insert(s), "seq {s} named twice");
@@ -278,12 +267,19 @@ fn companion_never_blocks_on_a_full_spool_and_reports_drops() {
         .filter(|r| r.stream == Stream::Stdout)
         .map(|r| r.seq)
         .collect();
-    let named: Vec<u64> = notices.iter().flat_map(lost_seqs).collect();
+    let named: Vec<u64> = notices.iter().flat_map(support::lost_seqs).collect();
     let mut all: Vec<u64> = kept.iter().chain(named.iter()).copied().collect();
     all.sort_unstable();
-    assert_eq!(all, (1..=100_000).collect::<Vec<_>>(), "every seq is kept or named lost, once");
+    assert_eq!(
+        all,
+        (1..=100_000).collect::<Vec<_>>(),
+        "every seq is kept or named lost, once"
+    );
     let (kept, reported) = (kept.len() as u64, named.len() as u64);
-    assert!(kept > 0 && kept < 100_000, "kept {kept}, reported {reported}, {notices:?}");
+    assert!(
+        kept > 0 && kept < 100_000,
+        "kept {kept}, reported {reported}, {notices:?}"
+    );
     assert_eq!(kept + reported, 100_000, "kept + reported lost = written");
     assert_eq!(
         recs.iter()

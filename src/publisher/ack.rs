@@ -63,9 +63,14 @@ impl Publisher {
             let n = (c.encoder.max_bytes() / 2).max(MIN_MESSAGE_BYTES);
             c.encoder.set_max_bytes(n);
         } else {
-            if !matches!(c.failing, Some((f, _)) if f == cause) {
-                c.failing = Some((cause, Instant::now()));
-            }
+            // Failing since the first failure; a permanent cause is kept
+            // over the transient ones it brings along (an invalid topic
+            // also shows as "unknown topic").
+            c.failing = Some(match c.failing {
+                Some((f, t)) if f.permanent() && !cause.permanent() => (f, t),
+                Some((_, t)) => (cause, t),
+                None => (cause, Instant::now()),
+            });
             c.backoff = (c.backoff * 2).min(MAX_BACKOFF);
         }
         // Resend from the last acknowledged record, after a backoff; the

@@ -39,8 +39,7 @@ fn classify(name: &str, path: &Path) -> Entry {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
     let ours = key_like
-        && (path.join(crate::spool::META_FILE).exists()
-            || crate::spool::data_dir(path).is_dir());
+        && (path.join(crate::spool::META_FILE).exists() || crate::spool::data_dir(path).is_dir());
     if ours {
         Entry::Container
     } else {

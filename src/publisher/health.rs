@@ -75,13 +75,25 @@ impl Cause {
         } else if has(&["connection refused", "failed to resolve", "all broker"]) {
             // Before TLS: a refused connection to an ssl:// address is transport.
             Cause::Transport
-        } else if has(&["ssl handshake", "ssl routines", "certificate", "(ssl)", "ssl error", "tls"]) {
+        } else if has(&[
+            "ssl handshake",
+            "ssl routines",
+            "certificate",
+            "(ssl)",
+            "ssl error",
+            "tls",
+        ]) {
             Cause::Tls
         } else if has(&["sasl", "authentication"]) {
             Cause::Authentication
         } else if has(&["authorization", "not authorized"]) {
             Cause::Authorization
-        } else if has(&["invalidtopic", "invalid topic", "topicexception", "topic exception"]) {
+        } else if has(&[
+            "invalidtopic",
+            "invalid topic",
+            "topicexception",
+            "topic exception",
+        ]) {
             Cause::InvalidTopic
         } else if has(&["unknowntopic", "unknown topic"]) {
             Cause::UnknownTopic
@@ -106,7 +118,7 @@ impl Cause {
     }
 
     /// Errors that retrying will not fix without someone changing a
-    /// setting, a certificate or an ACL.
+    /// setting, a certificate or an ACL, or creating a topic.
     pub fn permanent(self) -> bool {
         matches!(
             self,
@@ -114,6 +126,7 @@ impl Cause {
                 | Cause::Authentication
                 | Cause::Authorization
                 | Cause::InvalidTopic
+                | Cause::UnknownTopic
                 | Cause::Closed
         )
     }
@@ -261,10 +274,19 @@ mod tests {
         assert_eq!(c("ssl://127.0.0.1:9093/bootstrap: SSL handshake failed: error:0A000086:SSL routines::certificate verify failed"), Cause::Tls);
         assert_eq!(c("Authentication (Local: Authentication failure): SASL SCRAM-SHA-256 mechanism handshake failed"), Cause::Authentication);
         assert_eq!(c("Message production error: TopicAuthorizationFailed (Broker: Topic authorization failed)"), Cause::Authorization);
-        assert_eq!(c("Message production error: InvalidTopic (Broker: Invalid topic)"), Cause::InvalidTopic);
-        assert_eq!(c("Message production error: TopicException (Broker: Invalid topic)"), Cause::InvalidTopic);
+        assert_eq!(
+            c("Message production error: InvalidTopic (Broker: Invalid topic)"),
+            Cause::InvalidTopic
+        );
+        assert_eq!(
+            c("Message production error: TopicException (Broker: Invalid topic)"),
+            Cause::InvalidTopic
+        );
         assert_eq!(c("Message production error: UnknownTopicOrPartition (Broker: Unknown topic or partition)"), Cause::UnknownTopic);
-        assert_eq!(c("Message production error: MessageSizeTooLarge (Broker: Message size too large)"), Cause::TooLarge);
+        assert_eq!(
+            c("Message production error: MessageSizeTooLarge (Broker: Message size too large)"),
+            Cause::TooLarge
+        );
         assert_eq!(c("Global error: BrokerTransportFailure (Local: Broker transport failure): 127.0.0.1:1/bootstrap: Connect to ipv4#127.0.0.1:1 failed: Connection refused"), Cause::Transport);
         assert_eq!(c("Broken pipe (os error 32)"), Cause::Closed);
         assert_eq!(c("ssl://127.0.0.1:9093/bootstrap: Connect to ipv4#127.0.0.1:9093 failed: Connection refused (after 0ms in state CONNECT)"), Cause::Transport);

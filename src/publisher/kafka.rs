@@ -182,7 +182,7 @@ impl Sink for KafkaSink {
             .or(self.stashed.last());
         Err(match specific {
             Some(m) => format!("{m} (no metadata from {} within 5 s: {e})", self.servers),
-            None => format!("cannot reach Kafka at {} within 5 s ({e})", self.servers),
+            None => format!("no metadata from {} within 5 s ({e})", self.servers),
         })
     }
 }

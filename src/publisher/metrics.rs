@@ -69,7 +69,10 @@ impl Metrics {
             ("messages_truncated".into(), g(&self.truncated)),
             ("loss_notices".into(), g(&self.loss_notices)),
             ("spool_bytes_pending".into(), g(&self.spool_bytes_pending)),
-            ("oldest_pending_age_ms".into(), g(&self.oldest_pending_age_ms)),
+            (
+                "oldest_pending_age_ms".into(),
+                g(&self.oldest_pending_age_ms),
+            ),
             ("containers_active".into(), g(&self.containers_active)),
             ("containers_finished".into(), g(&self.containers_finished)),
             ("companions_running".into(), g(&self.companions_running)),
@@ -85,7 +88,10 @@ impl Metrics {
             v.push((name, g(&self.dropped[r as usize])));
         }
         for c in Cause::ALL {
-            v.push((format!("kafka_errors/{}", c.name()), g(&self.errors[c as usize])));
+            v.push((
+                format!("kafka_errors/{}", c.name()),
+                g(&self.errors[c as usize]),
+            ));
         }
         v
     }

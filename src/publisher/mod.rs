@@ -27,8 +27,8 @@ pub mod watch;
 use crate::config::Config;
 use crate::gelf::Encoder;
 use crate::log;
-use crate::spool::record::Stream;
 use crate::spool::lock::{LockError, SpoolLock};
+use crate::spool::record::Stream;
 use crate::spool::{
     list_segments, segment_path, ContainerMeta, Next, Position, Record, SpoolReader,
 };
@@ -354,13 +354,8 @@ impl Publisher {
     fn gave_up(&self) -> Option<String> {
         let after = self.opts.give_up_after?;
         let remaining = || {
-            let records: usize = self
-                .containers
-                .values()
-                .map(|c| c.inflight.len() + usize::from(c.held.is_some()))
-                .sum();
             format!(
-                "{} container(s) with undelivered records (at least {records} read) remain in {}",
+                "undelivered records of {} container(s) remain in {}",
                 self.containers.len(),
                 self.opts.spool_dir.display()
             )

@@ -97,7 +97,14 @@ impl Publisher {
                 Fit::Cut => Metrics::add(&self.metrics.truncated, 1),
                 Fit::Over => {
                     // Cannot happen at or above the floor; counted if it does.
-                    drop_record(&self.metrics, &mut self.health, c, &rec, pos, "does not fit even cut");
+                    drop_record(
+                        &self.metrics,
+                        &mut self.health,
+                        c,
+                        &rec,
+                        pos,
+                        "does not fit even cut",
+                    );
                     continue;
                 }
             }

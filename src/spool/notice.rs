@@ -104,7 +104,13 @@ impl Loss {
     pub fn ranges_text(&self) -> String {
         self.seqs
             .iter()
-            .map(|(a, b)| if a == b { a.to_string() } else { format!("{a}-{b}") })
+            .map(|(a, b)| {
+                if a == b {
+                    a.to_string()
+                } else {
+                    format!("{a}-{b}")
+                }
+            })
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -255,7 +261,9 @@ mod tests {
         assert_eq!(p.text, "lost");
         assert!(p.fields.contains(&("_lost_first_seq".into(), json!(5))));
         assert!(p.fields.contains(&("_lost_last_seq".into(), json!(124))));
-        assert!(p.fields.contains(&("_loss_reason".into(), json!("spool_cap"))));
+        assert!(p
+            .fields
+            .contains(&("_loss_reason".into(), json!("spool_cap"))));
         assert_eq!(
             p.totals,
             vec![(LossReason::SpoolCap, 200), (LossReason::SpoolWrite, 1)]

@@ -205,7 +205,9 @@ impl SpoolWriter {
         for (len, s, seq) in frames(&self.pending[from..to]) {
             spans[slot(s)].add(seq, (len - HEADER_LEN - 24) as u64);
             if s == Stream::Notice {
-                requeued.extend(notice::loss_of(&self.pending[at + HEADER_LEN + 24..at + len]));
+                requeued.extend(notice::loss_of(
+                    &self.pending[at + HEADER_LEN + 24..at + len],
+                ));
             }
             at += len;
         }
@@ -283,7 +285,10 @@ impl SpoolWriter {
                 let n = fitting(rest, self.segment_size).max(first);
                 self.make_room(n as u64 + MAGIC.len() as u64);
                 if let Err(e) = self.new_segment() {
-                    let msg = format!("cannot create a spool segment in {}: {e}", self.dir.display());
+                    let msg = format!(
+                        "cannot create a spool segment in {}: {e}",
+                        self.dir.display()
+                    );
                     self.fail(off, msg);
                     return;
                 }

@@ -121,6 +121,16 @@ impl Broker {
     }
 
     pub fn start_on(port: u16) -> Broker {
+        Broker::start_with(port, &format!("tcp://127.0.0.1:{port}"))
+    }
+
+    /// A broker that tells clients to connect to `advertised` (a TLS proxy
+    /// in front of it).
+    pub fn start_advertising(advertised: &str) -> Broker {
+        Broker::start_with(free_port(), advertised)
+    }
+
+    fn start_with(port: u16, adv: &str) -> Broker {
         let url = format!("tcp://127.0.0.1:{port}");
         let child = Command::new(tansu_bin())
             .args([
@@ -128,7 +138,7 @@ impl Broker {
                 "--listener-url",
                 &url,
                 "--advertised-listener-url",
-                &url,
+                adv,
             ])
             .args(["--storage-engine", "memory://tansu/"])
             .stdin(Stdio::null())
@@ -352,6 +362,246 @@ pub fn companion_pids(needle: &str) -> Vec<u32> {
         let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
         if cmd.contains(" companion ") && cmd.contains(needle) {
             out.push(pid);
+        }
+    }
+    out
+}
+
+/// The `_seq`s a loss notice (its JSON payload, or its GELF message with
+/// `_lost_*` fields) names as lost: its ranges, or first..=last.
+pub fn lost_seqs(v: &Value) -> Vec<u64> {
+    let get = |a: &str, b: &str| {
+        v.get(a)
+            .or_else(|| v.get(b))
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    match get("ranges", "_lost_seq_ranges").as_str() {
+        Some(r) => r
+            .split(',')
+            .flat_map(|p| {
+                let (a, b) = p.split_once('-').unwrap_or((p, p));
+                a.parse::<u64>().unwrap()..=b.parse::<u64>().unwrap()
+            })
+            .collect(),
+        None => match (
+            get("first_seq", "_lost_first_seq").as_u64(),
+            get("last_seq", "_lost_last_seq").as_u64(),
+        ) {
+            (Some(a), Some(b)) => (a..=b).collect(),
+            _ => Vec::new(),
+        },
+    }
+}
+
+/// What a bounded run of a process gave.
+pub struct Ran {
+    /// None: still running at the limit (then killed): a hang or a spin.
+    pub status: Option<std::process::ExitStatus>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    /// Bytes written to stderr in all (only the first 4 MB are kept).
+    pub stderr_total: usize,
+    pub elapsed: Duration,
+}
+
+impl Ran {
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+    /// Asserts the process ended by itself with `code`.
+    pub fn assert_code(&self, code: i32) {
+        match self.status {
+            None => panic!(
+                "still running after {:?} (killed); {} bytes of stderr: {}",
+                self.elapsed,
+                self.stderr_total,
+                self.stderr().chars().take(2000).collect::<String>()
+            ),
+            Some(s) => assert_eq!(s.code(), Some(code), "stderr: {}", self.stderr()),
+        }
+    }
+}
+
+fn drain(mut r: impl std::io::Read + Send + 'static) -> std::thread::JoinHandle<(Vec<u8>, usize)> {
+    std::thread::spawn(move || {
+        let (mut kept, mut total) = (Vec::new(), 0usize);
+        let mut buf = [0u8; 65536];
+        while let Ok(n) = r.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            total += n;
+            let room = (4usize << 20).saturating_sub(kept.len());
+            kept.extend_from_slice(&buf[..n.min(room)]);
+        }
+        (kept, total)
+    })
+}
+
+/// Runs `cmd` with stdout and stderr captured (at most 4 MB kept of each,
+/// all counted) until it exits or `limit` passes; then it is killed and
+/// `status` is None. A spin shows up as a timeout and megabytes of stderr.
+pub fn run_bounded(cmd: &mut Command, limit: Duration) -> Ran {
+    let t0 = Instant::now();
+    let mut c = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let out = drain(c.stdout.take().unwrap());
+    let err = drain(c.stderr.take().unwrap());
+    let status = wait_child(&mut c, limit);
+    if status.is_none() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let elapsed = t0.elapsed();
+    let (stdout, _) = out.join().unwrap();
+    let (stderr, stderr_total) = err.join().unwrap();
+    Ran {
+        status,
+        stdout,
+        stderr,
+        stderr_total,
+        elapsed,
+    }
+}
+
+/// Waits for a child to exit, at most `limit`; None if it did not.
+pub fn wait_child(c: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let t0 = Instant::now();
+    loop {
+        if let Some(s) = c.try_wait().unwrap() {
+            return Some(s);
+        }
+        if t0.elapsed() > limit {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Reads `topic` from the beginning of every partition until `done`,
+/// shown each message as it arrives, says the condition holds (e.g. every
+/// expected `_seq` seen, see [`SeqWatch`]), then `grace` more to catch
+/// duplicates. Panics with a summary at `timeout`.
+pub fn consume_until(
+    addr: &str,
+    topic: &str,
+    timeout: Duration,
+    grace: Duration,
+    done: impl FnMut(&Consumed) -> bool,
+) -> Vec<Consumed> {
+    consume_until_with(addr, &[], topic, timeout, grace, done)
+}
+
+/// [`consume_until`] with extra consumer properties (TLS ...).
+pub fn consume_until_with(
+    addr: &str,
+    props: &[(&str, &str)],
+    topic: &str,
+    timeout: Duration,
+    grace: Duration,
+    mut done: impl FnMut(&Consumed) -> bool,
+) -> Vec<Consumed> {
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", addr)
+        .set("group.id", "mesos-gelf-tests")
+        .set("enable.auto.commit", "false")
+        .set("fetch.max.bytes", "52428800");
+    for (k, v) in props {
+        cc.set(*k, *v);
+    }
+    let consumer: BaseConsumer = cc.create().expect("consumer");
+    let t0 = Instant::now();
+    let partitions = loop {
+        if let Ok(md) = consumer.fetch_metadata(Some(topic), Duration::from_secs(5)) {
+            if let Some(t) = md.topics().first() {
+                if !t.partitions().is_empty() {
+                    break t.partitions().iter().map(|p| p.id()).collect::<Vec<_>>();
+                }
+            }
+        }
+        assert!(t0.elapsed() < timeout, "topic {topic} never appeared");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let mut tpl = TopicPartitionList::new();
+    for p in &partitions {
+        tpl.add_partition_offset(topic, *p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let mut finished: Option<Instant> = None;
+    loop {
+        if finished.is_some_and(|f| f.elapsed() >= grace) {
+            return out;
+        }
+        assert!(
+            finished.is_some() || t0.elapsed() < timeout,
+            "{topic}: condition not met within {timeout:?} ({} messages)",
+            out.len()
+        );
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            let c = Consumed {
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key().unwrap_or_default().to_vec(),
+                payload: m.payload().unwrap_or_default().to_vec(),
+            };
+            if done(&c) && finished.is_none() {
+                finished = Some(Instant::now());
+            }
+            out.push(c);
+        }
+    }
+}
+
+/// Tracks which stdout `_seq`s of which containers arrived; complete once
+/// each expected container has all of 1..=n.
+#[derive(Default)]
+pub struct SeqWatch {
+    want: std::collections::BTreeMap<String, u64>,
+    seen: std::collections::BTreeMap<String, std::collections::BTreeSet<u64>>,
+}
+
+impl SeqWatch {
+    pub fn new(want: &[(&str, u64)]) -> SeqWatch {
+        SeqWatch {
+            want: want.iter().map(|(c, n)| (c.to_string(), *n)).collect(),
+            seen: Default::default(),
+        }
+    }
+    /// Adds a message; true once everything expected has arrived.
+    pub fn add(&mut self, m: &Consumed) -> bool {
+        let v = m.json();
+        if v["_stream"] == "stdout" {
+            if let (Some(c), Some(s)) = (v["_container_id"].as_str(), v["_seq"].as_u64()) {
+                self.seen.entry(c.to_string()).or_default().insert(s);
+            }
+        }
+        self.complete()
+    }
+    pub fn complete(&self) -> bool {
+        self.want.iter().all(|(c, n)| {
+            self.seen
+                .get(c)
+                .is_some_and(|s| s.len() as u64 >= *n && s.range(1..=*n).count() as u64 == *n)
+        })
+    }
+}
+
+/// Per container, the stdout `_seq`s that arrived (with repeats).
+pub fn stdout_seqs(msgs: &[Consumed]) -> std::collections::BTreeMap<String, Vec<u64>> {
+    let mut out: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
+    for m in msgs {
+        let v = m.json();
+        if v["_stream"] == "stdout" {
+            out.entry(v["_container_id"].as_str().unwrap_or("").to_string())
+                .or_default()
+                .push(v["_seq"].as_u64().unwrap());
         }
     }
     out

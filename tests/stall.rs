@@ -1,0 +1,586 @@
+//! Nothing a task, a setting, a stray file or a broker answer does may make
+//! the publisher spin, hang, flood a log or ship a line twice by design
+//! (issue 18). Each case ends within a generous limit, with small output;
+//! a spin shows up as a timeout and megabytes of stderr.
+
+mod support;
+
+use mesos_gelf_logger::config::Config;
+use mesos_gelf_logger::logger::Logger;
+use serde_json::{json, Value};
+use std::io::Write;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+use support::*;
+
+/// Sets up a container spool without a publisher (the agent is "down"),
+/// writes `n` numbered lines through the real companion and closes.
+fn spool_lines(spool: &Path, sandbox: &Path, id: &str, n: u64, config_json: Value) {
+    std::fs::create_dir_all(sandbox).unwrap();
+    let cfg = Config::from_pairs(&[("spool_dir", spool.to_str().unwrap())]).unwrap();
+    let logger = Logger::new(cfg, bin()).unwrap();
+    let mut j = config_json;
+    j["directory"] = json!(sandbox.display().to_string());
+    let p = logger.prepare(id, &j.to_string(), None).unwrap();
+    let mut out = std::fs::File::from(p.stdout);
+    drop(p.stderr);
+    let mut buf = String::new();
+    for i in 1..=n {
+        buf.push_str(&format!("{i}\n"));
+    }
+    out.write_all(buf.as_bytes()).unwrap();
+    drop(out);
+    assert!(
+        wait_for_file(&spool.join(id).join("data/done"), Duration::from_secs(60)),
+        "companion of {id} did not finish"
+    );
+}
+
+fn publish(spool: &Path, addr: &str, extra: &[&str]) -> Command {
+    let mut c = Command::new(bin());
+    c.args(["publish", "--spool-dir"])
+        .arg(spool)
+        .args(["--set", &format!("kafka.bootstrap.servers={addr}")])
+        .args(extra);
+    c
+}
+
+/// 60 labels of 1 KB: the most a task can attach (capped at 16 KB).
+fn big_labels(topic: &str) -> Value {
+    let labels: Vec<Value> = (0..60)
+        .map(|i| json!({"key": format!("k{i}"), "value": "v".repeat(1000)}))
+        .chain([json!({"key": "gelf.topic", "value": topic})])
+        .collect();
+    json!({"task_info": {"name": "t", "task_id": {"value": "t1"}, "labels": {"labels": labels}}})
+}
+
+#[test]
+fn fixed_fields_larger_than_the_broker_limit_are_left_out_not_spun_on() {
+    let broker = Broker::start();
+    let d = tempfile::tempdir().unwrap();
+    let note = "x".repeat(1200);
+    let ran = run_bounded(
+        Command::new(bin())
+            .args(["run", "--sandbox"])
+            .arg(d.path())
+            .args([
+                "--set",
+                &format!("kafka.bootstrap.servers={}", broker.addr()),
+            ])
+            .args([
+                "--set",
+                "topic=unfit",
+                "--set",
+                "kafka.message.max.bytes=1000",
+            ])
+            .args([
+                "--set",
+                &format!("field.note={note}"),
+                "--container-id",
+                "c-unfit",
+            ])
+            .args(["--", "echo", "hi"]),
+        Duration::from_secs(60),
+    );
+    ran.assert_code(0);
+    assert!(
+        ran.stderr_total < 8192,
+        "{} bytes of stderr: {}",
+        ran.stderr_total,
+        ran.stderr()
+    );
+    let mut w = SeqWatch::new(&[("c-unfit", 1)]);
+    let msgs = consume_until(
+        &broker.addr(),
+        "unfit",
+        Duration::from_secs(60),
+        Duration::ZERO,
+        |m| w.add(m),
+    );
+    let m = msgs.iter().find(|m| m.json()["_seq"] == 1).unwrap();
+    let v = m.json();
+    assert_gelf(&v);
+    assert_eq!(v["short_message"], "hi");
+    assert!(m.payload.len() <= 1000, "{}", m.payload.len());
+    assert!(
+        v.get("_note").is_none(),
+        "the static field is left out: {v}"
+    );
+    assert!(v["_fields_dropped"].as_u64().unwrap() >= 1, "{v}");
+    assert_eq!(v["_container_id"], "c-unfit", "identity stays");
+}
+
+#[test]
+fn a_task_with_unfit_labels_cannot_stall_its_neighbour() {
+    let broker = Broker::start();
+    let d = tempfile::tempdir().unwrap();
+    let spool = d.path().join("spool");
+    let n = 5000;
+    spool_lines(
+        &spool,
+        &d.path().join("a"),
+        "c-labels",
+        n,
+        big_labels("neigh"),
+    );
+    spool_lines(
+        &spool,
+        &d.path().join("b"),
+        "c-plain",
+        n,
+        json!({"task_info": {"name": "p", "task_id": {"value": "p1"}, "labels": {"labels": [{"key": "gelf.topic", "value": "neigh"}]}}}),
+    );
+    let ran = run_bounded(
+        publish(
+            &spool,
+            &broker.addr(),
+            &["--until-empty", "--set", "kafka.message.max.bytes=1000"],
+        )
+        .args(["--set", "max_message_bytes=900000"]),
+        Duration::from_secs(120),
+    );
+    ran.assert_code(0);
+    assert!(
+        ran.stderr_total < 8192,
+        "{} bytes of stderr",
+        ran.stderr_total
+    );
+    let mut w = SeqWatch::new(&[("c-labels", n), ("c-plain", n)]);
+    let msgs = consume_until(
+        &broker.addr(),
+        "neigh",
+        Duration::from_secs(120),
+        Duration::from_millis(500),
+        |m| w.add(m),
+    );
+    for m in &msgs {
+        assert!(m.payload.len() <= 1000);
+        let v = m.json();
+        assert_gelf(&v);
+        if v["_container_id"] == "c-labels" {
+            assert!(
+                v["_fields_dropped"].as_u64().unwrap() >= 16,
+                "every label left out: {v}"
+            );
+            assert_eq!(v["_task_id"], "t1", "the identity is kept");
+        }
+    }
+    let seqs = stdout_seqs(&msgs);
+    assert_eq!(seqs["c-plain"].len() as u64, n, "no duplicates");
+    assert_eq!(seqs["c-labels"].len() as u64, n, "no duplicates");
+}
+
+#[test]
+fn sigterm_stops_a_publisher_busy_with_unfit_records() {
+    let broker = Broker::start();
+    let d = tempfile::tempdir().unwrap();
+    let spool = d.path().join("spool");
+    spool_lines(
+        &spool,
+        &d.path().join("a"),
+        "c-term",
+        200_000,
+        big_labels("term"),
+    );
+    let mut p = publish(
+        &spool,
+        &broker.addr(),
+        &[
+            "--set",
+            "kafka.message.max.bytes=1000",
+            "--set",
+            "metrics_interval_ms=100",
+        ],
+    )
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
+    // Once it is busy shipping, SIGTERM must end it promptly.
+    let t0 = std::time::Instant::now();
+    loop {
+        let published = std::fs::read(spool.join("metrics.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .and_then(|m| m["records_published"].as_u64())
+            .unwrap_or(0);
+        if published > 0 {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "nothing published");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    unsafe { libc::kill(p.id() as i32, libc::SIGTERM) };
+    let st = wait_child(&mut p, Duration::from_secs(20));
+    if st.is_none() {
+        let _ = p.kill();
+    }
+    assert!(st.is_some_and(|s| s.success()), "SIGTERM ignored: {st:?}");
+}
+
+#[test]
+fn stray_entries_in_the_spool_dir_are_never_waited_for_nor_deleted() {
+    let d = tempfile::tempdir().unwrap();
+    let spool = d.path().join("spool");
+    std::fs::create_dir_all(spool.join("lost+found")).unwrap();
+    std::fs::create_dir_all(spool.join("operator-notes")).unwrap();
+    std::fs::write(spool.join("operator-notes/keep.txt"), "mine").unwrap();
+    std::fs::write(spool.join("stray-file"), "x").unwrap();
+    let ran = run_bounded(
+        Command::new(bin())
+            .args(["run", "--sandbox"])
+            .arg(d.path().join("sbx"))
+            .args(["--set", &format!("spool_dir={}", spool.display())])
+            .args(["--", "echo", "hello"]),
+        Duration::from_secs(60),
+    );
+    ran.assert_code(0);
+    let out = gelf_lines(&ran.stdout);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0]["short_message"], "hello");
+    let ran = run_bounded(
+        Command::new(bin())
+            .args(["publish", "--until-empty", "--spool-dir"])
+            .arg(&spool),
+        Duration::from_secs(60),
+    );
+    ran.assert_code(0);
+    assert!(spool.join("lost+found").is_dir());
+    assert_eq!(
+        std::fs::read_to_string(spool.join("operator-notes/keep.txt")).unwrap(),
+        "mine"
+    );
+    assert!(spool.join("stray-file").is_file());
+    assert!(
+        ran.stderr().contains("lost+found") && ran.stderr().contains("not a container spool"),
+        "{}",
+        ran.stderr()
+    );
+}
+
+#[test]
+fn a_second_publisher_is_refused_naming_the_first_and_nothing_ships_twice() {
+    let broker = Broker::start();
+    let d = tempfile::tempdir().unwrap();
+    let spool = d.path().join("spool");
+    let n = 50_000;
+    let topic = json!({"task_info": {"name": "x", "task_id": {"value": "x"}, "labels": {"labels": [{"key": "gelf.topic", "value": "twice"}]}}});
+    for c in ["c1", "c2", "c3"] {
+        spool_lines(&spool, &d.path().join(c), c, n, topic.clone());
+    }
+    let mut first = publish(&spool, &broker.addr(), &["--until-empty"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(wait_for_file(
+        &spool.join("publisher.lock"),
+        Duration::from_secs(30)
+    ));
+    let second = run_bounded(
+        &mut publish(&spool, &broker.addr(), &["--until-empty"]),
+        Duration::from_secs(30),
+    );
+    let st = wait_child(&mut first, Duration::from_secs(180));
+    assert!(st.is_some_and(|s| s.success()), "first publisher: {st:?}");
+    second.assert_code(2);
+    let err = second.stderr();
+    assert!(
+        err.contains(&format!("pid {}", first.id())) && err.lines().count() == 1,
+        "one line naming the holder: {err}"
+    );
+    let mut w = SeqWatch::new(&[("c1", n), ("c2", n), ("c3", n)]);
+    let msgs = consume_until(
+        &broker.addr(),
+        "twice",
+        Duration::from_secs(180),
+        Duration::from_secs(1),
+        |m| w.add(m),
+    );
+    assert_eq!(msgs.len() as u64, 3 * n, "every line exactly once");
+}
+
+#[test]
+fn bad_topics_and_empty_servers_are_refused_at_start_and_bad_overrides_fall_back() {
+    let d = tempfile::tempdir().unwrap();
+    for (set, key) in [
+        ("topic=..", "topic"),
+        ("topic=.", "topic"),
+        ("kafka.bootstrap.servers=", "kafka.bootstrap.servers"),
+    ] {
+        let ran = run_bounded(
+            Command::new(bin())
+                .args(["run", "--sandbox"])
+                .arg(d.path())
+                .args(["--set", set, "--", "echo", "x"]),
+            Duration::from_secs(30),
+        );
+        ran.assert_code(2);
+        assert!(
+            ran.stderr().contains(&format!("`{key}`")),
+            "{}",
+            ran.stderr()
+        );
+        assert!(ran.stdout.is_empty(), "nothing ran");
+    }
+    // A per-task override `GELF_LOGGER_TOPIC=..` warns and keeps the default.
+    let cfg = d.path().join("c.json");
+    std::fs::write(
+        &cfg,
+        json!({"directory": d.path().display().to_string(), "command_info": {"environment": {"variables": [{"name": "GELF_LOGGER_TOPIC", "type": "VALUE", "value": ".."}]}}}).to_string(),
+    )
+    .unwrap();
+    let ran = run_bounded(
+        Command::new(bin())
+            .args(["run", "--sandbox"])
+            .arg(d.path())
+            .arg("--container-config")
+            .arg(&cfg)
+            .args(["--", "echo", "x"]),
+        Duration::from_secs(30),
+    );
+    ran.assert_code(0);
+    assert!(
+        ran.stderr().contains("GELF_LOGGER_TOPIC") && ran.stderr().contains("ignored"),
+        "{}",
+        ran.stderr()
+    );
+    assert_eq!(gelf_lines(&ran.stdout)[0]["short_message"], "x");
+}
+
+/// A spool made by an older version may name a topic Kafka refuses: that
+/// container is named with its topic and cause, retried with backoff, and
+/// `publish --until-empty` ends with status 3; the other container ships.
+#[test]
+fn an_invalid_topic_is_named_bounded_and_does_not_hold_up_the_others() {
+    let broker = Broker::start();
+    let d = tempfile::tempdir().unwrap();
+    let spool = d.path().join("spool");
+    spool_lines(&spool, &d.path().join("a"), "c-bad", 100, json!({}));
+    spool_lines(
+        &spool,
+        &d.path().join("b"),
+        "c-good",
+        3000,
+        json!({"task_info": {"name": "g", "task_id": {"value": "g"}, "labels": {"labels": [{"key": "gelf.topic", "value": "good"}]}}}),
+    );
+    let meta = spool.join("c-bad/meta.json");
+    let text = std::fs::read_to_string(&meta).unwrap();
+    std::fs::write(&meta, text.replace("\"application_log\"", "\"..\"")).unwrap();
+    let ran = run_bounded(
+        &mut publish(
+            &spool,
+            &broker.addr(),
+            &["--until-empty", "--give-up-after", "5"],
+        ),
+        Duration::from_secs(120),
+    );
+    ran.assert_code(3);
+    let err = ran.stderr();
+    assert!(
+        err.contains("container c-bad, topic ..") && err.contains("Invalid topic"),
+        "{err}"
+    );
+    assert!(err.lines().count() < 10, "rate-limited: {err}");
+    assert!(
+        spool.join("c-bad/data").is_dir(),
+        "its lines stay in the spool"
+    );
+    assert!(!spool.join("c-good").exists(), "the other one finished");
+    let mut w = SeqWatch::new(&[("c-good", 3000)]);
+    consume_until(
+        &broker.addr(),
+        "good",
+        Duration::from_secs(60),
+        Duration::ZERO,
+        |m| w.add(m),
+    );
+    let m: Value =
+        serde_json::from_slice(&std::fs::read(spool.join("metrics.json")).unwrap()).unwrap();
+    assert!(
+        m["kafka_errors/invalid_topic"].as_u64().unwrap() >= 1,
+        "{m}"
+    );
+}
+
+/// A CA, a certificate for localhost signed by it, one for another host
+/// signed by it, and an unrelated CA.
+struct Certs {
+    dir: tempfile::TempDir,
+}
+
+impl Certs {
+    fn make() -> Certs {
+        let dir = tempfile::tempdir().unwrap();
+        let sh = |script: &str| {
+            let st = Command::new("sh")
+                .arg("-c")
+                .arg(script)
+                .current_dir(dir.path())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .unwrap();
+            assert!(st.success(), "{script}");
+        };
+        sh("openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=test-ca -keyout ca.key -out ca.pem");
+        sh("openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=wrong-ca -keyout wrong.key -out wrong.pem");
+        for (name, host) in [("srv", "localhost"), ("other", "other.example")] {
+            sh(&format!(
+                "openssl req -newkey rsa:2048 -nodes -subj /CN={host} -keyout {name}.key -out {name}.csr && \
+                 printf 'subjectAltName=DNS:{host}\\n' > {name}.ext && \
+                 openssl x509 -req -in {name}.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile {name}.ext -out {name}.pem"
+            ));
+        }
+        Certs { dir }
+    }
+    fn path(&self, f: &str) -> String {
+        self.dir.path().join(f).display().to_string()
+    }
+}
+
+/// `socat` terminating TLS in front of the broker (tansu's own TLS did not
+/// complete a handshake here). Killed on drop.
+struct TlsProxy(std::process::Child);
+
+impl TlsProxy {
+    fn start(port: u16, cert: &str, key: &str, to: u16) -> TlsProxy {
+        let c = Command::new("socat")
+            .arg(format!(
+                "OPENSSL-LISTEN:{port},bind=127.0.0.1,cert={cert},key={key},verify=0,fork,reuseaddr"
+            ))
+            .arg(format!("TCP:127.0.0.1:{to}"))
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("socat (scripts/setup.sh installs it)");
+        let t0 = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "socat did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        TlsProxy(c)
+    }
+}
+
+impl Drop for TlsProxy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn tls_right_ca_delivers_wrong_ca_or_host_is_named_and_kept_for_later() {
+    let certs = Certs::make();
+    let tls_port = free_port();
+    // The broker advertises the TLS port: every connection goes through it.
+    let broker = Broker::start_advertising(&format!("tcp://localhost:{tls_port}"));
+    let _proxy = TlsProxy::start(
+        tls_port,
+        &certs.path("srv.pem"),
+        &certs.path("srv.key"),
+        broker.port,
+    );
+    let other_port = free_port();
+    let _other = TlsProxy::start(
+        other_port,
+        &certs.path("other.pem"),
+        &certs.path("other.key"),
+        broker.port,
+    );
+    let d = tempfile::tempdir().unwrap();
+    let tls = |ca: &str| {
+        vec![
+            "--set".to_string(),
+            "kafka.security.protocol=ssl".to_string(),
+            "--set".to_string(),
+            format!("kafka.ssl.ca.location={ca}"),
+            // localhost may be ::1 first; the proxy listens on IPv4.
+            "--set".to_string(),
+            "kafka.broker.address.family=v4".to_string(),
+        ]
+    };
+    let run_on = |port: u16, ca: &str, id: &str| {
+        run_bounded(
+            Command::new(bin())
+                .args(["run", "--give-up-after", "3", "--sandbox"])
+                .arg(d.path().join(id))
+                .args([
+                    "--set",
+                    &format!("kafka.bootstrap.servers=localhost:{port}"),
+                ])
+                .args(tls(ca))
+                .args(["--set", "topic=tls", "--container-id", id])
+                .args(["--", "seq", "1", "2000"]),
+            Duration::from_secs(90),
+        )
+    };
+    let ca = certs.path("ca.pem");
+    let consumer_props = [
+        ("security.protocol", "ssl"),
+        ("ssl.ca.location", ca.as_str()),
+        ("broker.address.family", "v4"),
+    ];
+    // Right CA: every line.
+    run_on(tls_port, &ca, "c-tls").assert_code(0);
+    // Wrong CA, and a certificate for another host: named within seconds,
+    // the lines kept, `run` ends with 3 and the command that ships them.
+    let mut spools = Vec::new();
+    for (port, ca_file, id) in [
+        (tls_port, certs.path("wrong.pem"), "c-wrong-ca"),
+        (other_port, ca.clone(), "c-other-host"),
+    ] {
+        let ran = run_on(port, &ca_file, id);
+        ran.assert_code(3);
+        let err = ran.stderr();
+        assert!(
+            err.contains("TLS handshake or certificate verification failed")
+                && err.contains("certificate verify failed"),
+            "{id}: {err}"
+        );
+        assert!(
+            ran.elapsed < Duration::from_secs(30),
+            "{id}: {:?}",
+            ran.elapsed
+        );
+        let spool = err
+            .split("--spool-dir ")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no publish command: {err}"))
+            .to_string();
+        assert!(Path::new(&spool).join(id).is_dir(), "{id}: kept in {spool}");
+        spools.push(spool);
+    }
+    // A publisher with the right settings ships what was kept.
+    for spool in &spools {
+        let ran = run_bounded(
+            Command::new(bin())
+                .args(["publish", "--until-empty", "--spool-dir", spool])
+                .args([
+                    "--set",
+                    &format!("kafka.bootstrap.servers=localhost:{tls_port}"),
+                ])
+                .args(tls(&ca)),
+            Duration::from_secs(90),
+        );
+        ran.assert_code(0);
+        let _ = std::fs::remove_dir_all(spool);
+    }
+    let mut w = SeqWatch::new(&[
+        ("c-tls", 2000),
+        ("c-wrong-ca", 2000),
+        ("c-other-host", 2000),
+    ]);
+    consume_until_with(
+        &format!("localhost:{tls_port}"),
+        &consumer_props,
+        "tls",
+        Duration::from_secs(90),
+        Duration::ZERO,
+        |m| w.add(m),
+    );
+}

@@ -1,0 +1,161 @@
+//! `mesos-gelf run` as a shell user expects a wrapper to behave: a closed
+//! stdout ends it, signals reach the command, an interrupted run says
+//! where its lines are and how to ship them, and a leftover process that
+//! holds the output open is named (issue 18).
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use support::*;
+
+#[test]
+fn a_closed_stdout_ends_run_with_141_and_stops_the_command() {
+    let d = tempfile::tempdir().unwrap();
+    let mut c = Command::new(bin())
+        .args(["run", "--sandbox"])
+        .arg(d.path())
+        .args(["--", "seq", "1", "100000000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // `| head -1`: read one line, then close the pipe.
+    let mut first = String::new();
+    BufReader::new(c.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.contains("\"short_message\":\"1\""), "{first}");
+    let st = wait_child(&mut c, Duration::from_secs(60));
+    if st.is_none() {
+        let _ = c.kill();
+    }
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut c.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(st.and_then(|s| s.code()), Some(141), "{err}");
+    assert!(err.contains("standard output closed"), "{err}");
+    assert!(err.len() < 4096, "{err}");
+}
+
+#[test]
+fn sigterm_is_forwarded_and_undelivered_lines_are_left_with_the_command_to_ship_them() {
+    let d = tempfile::tempdir().unwrap();
+    let got = d.path().join("got-term");
+    let ready = d.path().join("ready");
+    // Kafka is not there: nothing can be delivered.
+    let dead = format!("127.0.0.1:{}", free_port());
+    let script = format!(
+        "trap 'echo got-term > {}; exit 0' TERM; echo one; echo two; touch {}; while :; do sleep 0.1; done",
+        got.display(),
+        ready.display()
+    );
+    let mut c = Command::new(bin())
+        .args(["run", "--container-id", "c-term", "--sandbox"])
+        .arg(d.path().join("sbx"))
+        .args(["--set", &format!("kafka.bootstrap.servers={dead}")])
+        .args(["--set", "topic=interrupted", "--", "sh", "-c", &script])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(wait_for_file(&ready, Duration::from_secs(30)));
+    unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+    let st = wait_child(&mut c, Duration::from_secs(60));
+    if st.is_none() {
+        let _ = c.kill();
+    }
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut c.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(st.and_then(|s| s.code()), Some(143), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(&got).unwrap().trim(),
+        "got-term",
+        "the command got the SIGTERM"
+    );
+    let spool = err
+        .split("--spool-dir ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no publish command: {err}"))
+        .to_string();
+    assert!(
+        std::path::Path::new(&spool).join("c-term").is_dir(),
+        "{err}"
+    );
+    // The printed command, pointed at a broker that is up, ships them.
+    let broker = Broker::start();
+    let ran = run_bounded(
+        Command::new(bin())
+            .args(["publish", "--until-empty", "--spool-dir", &spool])
+            .args([
+                "--set",
+                &format!("kafka.bootstrap.servers={}", broker.addr()),
+            ]),
+        Duration::from_secs(60),
+    );
+    ran.assert_code(0);
+    let mut w = SeqWatch::new(&[("c-term", 2)]);
+    consume_until(
+        &broker.addr(),
+        "interrupted",
+        Duration::from_secs(60),
+        Duration::ZERO,
+        |m| w.add(m),
+    );
+    let _ = std::fs::remove_dir_all(&spool);
+}
+
+#[test]
+fn sigint_with_everything_delivered_exits_with_the_commands_status() {
+    let d = tempfile::tempdir().unwrap();
+    let ready = d.path().join("ready");
+    let script = format!(
+        "trap 'exit 7' INT; echo a; touch {}; while :; do sleep 0.1; done",
+        ready.display()
+    );
+    let mut c = Command::new(bin())
+        .args(["run", "--sandbox"])
+        .arg(d.path().join("sbx"))
+        .args(["--", "sh", "-c", &script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(wait_for_file(&ready, Duration::from_secs(30)));
+    unsafe { libc::kill(c.id() as i32, libc::SIGINT) };
+    let st = wait_child(&mut c, Duration::from_secs(30));
+    if st.is_none() {
+        let _ = c.kill();
+    }
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut c.stdout.take().unwrap(), &mut out).unwrap();
+    assert_eq!(st.and_then(|s| s.code()), Some(7));
+    assert_eq!(gelf_lines(&out)[0]["short_message"], "a");
+}
+
+#[test]
+fn a_leftover_process_holding_the_output_is_named_once() {
+    let d = tempfile::tempdir().unwrap();
+    let t0 = Instant::now();
+    let ran = run_bounded(
+        Command::new(bin())
+            .args(["run", "--sandbox"])
+            .arg(d.path())
+            .args(["--", "sh", "-c", "sleep 4 & echo started"]),
+        Duration::from_secs(60),
+    );
+    ran.assert_code(0);
+    assert!(
+        t0.elapsed() >= Duration::from_secs(3),
+        "waited for the output to close"
+    );
+    let err = ran.stderr();
+    assert_eq!(
+        err.matches("still held open by").count(),
+        1,
+        "said once: {err}"
+    );
+    assert!(err.contains("(sleep)"), "{err}");
+    assert_eq!(gelf_lines(&ran.stdout)[0]["short_message"], "started");
+}
