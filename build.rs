@@ -103,8 +103,13 @@ fn main() {
                 hpp.display()
             );
             b.file("cpp/logger.cpp");
+            // Mesos' own headers as system headers: their warnings are not
+            // ours to fix, and would bury ours.
             for f in &mflags {
-                b.flag(f);
+                match f.strip_prefix("-I") {
+                    Some(dir) => b.flag(format!("-isystem{dir}")),
+                    None => b.flag(f),
+                };
             }
             b.define(
                 "MESOS_GELF_BUILT_AGAINST",

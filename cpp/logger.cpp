@@ -14,7 +14,10 @@
 #include <mesos/version.hpp>
 
 #include <process/future.hpp>
+#include <process/metrics/metrics.hpp>
+#include <process/metrics/pull_gauge.hpp>
 
+#include <stout/duration.hpp>
 #include <stout/error.hpp>
 #include <stout/json.hpp>
 #include <stout/protobuf.hpp>
@@ -62,12 +65,39 @@ std::vector<std::string> containerChain(const ContainerID& id) {
 GelfContainerLogger::GelfContainerLogger(std::unique_ptr<ShimCore> core)
   : core_(std::move(core)) {}
 
-GelfContainerLogger::~GelfContainerLogger() = default;
+GelfContainerLogger::~GelfContainerLogger() {
+  // A gauge's callback reads core_: it must be gone from libprocess before
+  // core_ is destroyed.
+  for (const process::metrics::PullGauge& gauge : gauges_) {
+    process::metrics::remove(gauge).await(Seconds(5));
+  }
+}
 
 Try<Nothing> GelfContainerLogger::initialize() {
   const std::string error = core_->initialize();
   if (!error.empty()) {
     return Error("mesos-gelf: " + error);
+  }
+  // One pull gauge per metric. The callback runs on a libprocess thread and
+  // only loads an atomic in Rust: it never blocks nor takes the publisher's
+  // locks. Names are fixed; per-container detail stays out (metrics.json).
+  const ShimCore* core = core_.get();
+  const std::vector<std::string> names = core_->metricNames();
+  for (size_t i = 0; i < names.size(); ++i) {
+    process::metrics::PullGauge gauge(
+        "containerizer/logger/gelf/" + names[i],
+        [core, i]() -> process::Future<double> {
+          return core->metricValue(i);
+        });
+    process::Future<Nothing> added = process::metrics::add(gauge);
+    added.await(Seconds(5));
+    if (!added.isReady()) {
+      // E.g. a second logger instance in one process: its names are taken.
+      LOG(WARNING) << "mesos-gelf: cannot add metric " << gauge.name() << ": "
+                   << (added.isFailed() ? added.failure() : "not added in 5 s");
+      continue;
+    }
+    gauges_.push_back(gauge);
   }
   return Nothing();
 }

@@ -71,6 +71,18 @@ std::string ShimCore::metrics() const {
   return std::string(logger_->metrics_json());
 }
 
+std::vector<std::string> ShimCore::metricNames() const {
+  std::vector<std::string> out;
+  for (const rust::String& n : logger_->metric_names()) {
+    out.emplace_back(std::string(n));
+  }
+  return out;
+}
+
+double ShimCore::metricValue(size_t index) const {
+  return logger_->metric_value(index);
+}
+
 std::string joinContainerId(const std::vector<std::string>& chain) {
   std::string out;
   for (const auto& id : chain) {

@@ -3,12 +3,14 @@
 #pragma once
 
 #include <memory>
+#include <vector>
 
 #include <mesos/mesos.hpp>
 #include <mesos/slave/container_logger.hpp>
 #include <mesos/slave/containerizer.hpp>
 
 #include <process/future.hpp>
+#include <process/metrics/pull_gauge.hpp>
 
 #include <stout/nothing.hpp>
 #include <stout/try.hpp>
@@ -23,7 +25,8 @@ class GelfContainerLogger : public mesos::slave::ContainerLogger {
   ~GelfContainerLogger() override;
 
   // Starts the publisher thread; resumes spools of containers that kept
-  // running through an agent restart.
+  // running through an agent restart. Adds our gauges to the agent's
+  // /metrics/snapshot under `containerizer/logger/gelf/`.
   Try<Nothing> initialize() override;
 
   // Metadata file, two pipes, the companion; returns the pipes' write ends.
@@ -33,6 +36,8 @@ class GelfContainerLogger : public mesos::slave::ContainerLogger {
 
  private:
   std::unique_ptr<ShimCore> core_;
+  // Registered with libprocess; removed (and waited for) before core_ goes.
+  std::vector<process::metrics::PullGauge> gauges_;
 };
 
 }  // namespace mesos_gelf

@@ -38,6 +38,11 @@ class ShimCore {
 
   std::string metrics() const;
 
+  // The agent metrics: names (without prefix), and one value by index.
+  // metricValue only loads an atomic: safe on any thread, never blocks.
+  std::vector<std::string> metricNames() const;
+  double metricValue(size_t index) const;
+
   ~ShimCore();
 
  private:

@@ -42,6 +42,11 @@ pub mod ffi {
             config_json: &str,
         ) -> Result<ContainerFds>;
         fn metrics_json(self: &ModuleLogger) -> String;
+        /// Names of the agent metrics, fixed for the life of the process.
+        fn metric_names(self: &ModuleLogger) -> Vec<String>;
+        /// Metric `index` of `metric_names`: one atomic load, never blocks
+        /// (called on libprocess threads for /metrics/snapshot).
+        fn metric_value(self: &ModuleLogger, index: usize) -> f64;
     }
 
     unsafe extern "C++" {
@@ -127,9 +132,14 @@ impl ModuleLogger {
     }
 
     fn metrics_json(&self) -> String {
-        match self.inner.publisher() {
-            Some(h) => h.metrics.snapshot().to_string(),
-            None => "{}".into(),
-        }
+        self.inner.metrics().snapshot().to_string()
+    }
+
+    fn metric_names(&self) -> Vec<String> {
+        crate::publisher::metrics::Metrics::names().to_vec()
+    }
+
+    fn metric_value(&self, index: usize) -> f64 {
+        self.inner.metrics().value(index).unwrap_or(0) as f64
     }
 }

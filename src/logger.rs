@@ -10,6 +10,7 @@ use crate::config::Config;
 use crate::log;
 use crate::metadata;
 use crate::privileges::RunAs;
+use crate::publisher::metrics::Metrics;
 use crate::publisher::{Handle, Options};
 use crate::spool::{container_key, ContainerMeta};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -34,6 +35,9 @@ pub struct Logger {
     spool_dir: PathBuf,
     companion: PathBuf,
     publisher: Option<Handle>,
+    /// The publisher's numbers; they exist before it starts and outlive
+    /// it, so the agent's gauges can read them at any time.
+    metrics: Arc<Metrics>,
 }
 
 /// The default spool root for the agent module.
@@ -89,6 +93,7 @@ impl Logger {
             spool_dir,
             companion,
             publisher: None,
+            metrics: Arc::new(Metrics::default()),
         })
     }
 
@@ -98,6 +103,10 @@ impl Logger {
 
     pub fn spool_dir(&self) -> &Path {
         &self.spool_dir
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     pub fn publisher(&self) -> Option<&Handle> {
@@ -121,7 +130,11 @@ impl Logger {
             let opts = opts.unwrap_or_else(|| {
                 Options::agent(&self.spool_dir, Arc::new(AtomicBool::new(false)))
             });
-            self.publisher = Some(Handle::spawn(self.config.clone(), opts)?);
+            self.publisher = Some(Handle::spawn(
+                self.config.clone(),
+                opts,
+                self.metrics.clone(),
+            )?);
         }
         Ok(())
     }

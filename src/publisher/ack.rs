@@ -91,9 +91,9 @@ impl Publisher {
     }
 
     pub(super) fn rebuild_sink(&mut self, why: &str) {
-        log::error(&format!(
-            "sink failed ({why}); rebuilding it and resending everything unacknowledged"
-        ));
+        self.health.warn("sink\0rebuild", || {
+            format!("sink failed ({why}); rebuilding it and resending everything unacknowledged")
+        });
         self.metrics.set_error(Some(why.to_string()));
         loop {
             match (self.make_sink)() {
@@ -102,7 +102,7 @@ impl Publisher {
                     break;
                 }
                 Err(e) => {
-                    log::error(&e);
+                    self.health.warn("sink\0build", || e);
                     std::thread::sleep(RETRY_BACKOFF);
                     if self.opts.stop.load(Ordering::Relaxed) {
                         return;

@@ -21,7 +21,7 @@
 //! successful delivery.
 
 use super::metrics::Metrics;
-use crate::log::{self, Level, Limiter};
+use crate::log::{Level, Limiter};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -253,7 +253,10 @@ impl Health {
         if self.unhealthy {
             self.unhealthy = false;
             self.metrics.set_error(None);
-            log::info("delivering again");
+            // One failing container among healthy ones would make this
+            // flap: limited like the warnings.
+            self.limiter
+                .emit(Level::Info, "kafka\0recovered", || "delivering again".into());
         }
     }
 

@@ -14,6 +14,24 @@ use serde_json::{json, Map, Value};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 
+/// Names of the plain metrics (see README's metric table).
+const BASE_NAMES: [&str; 14] = [
+    "records_published",
+    "bytes_published",
+    "records_in_flight",
+    "delivery_failures",
+    "records_retried",
+    "messages_truncated",
+    "loss_notices",
+    "spool_bytes_pending",
+    "oldest_pending_age_ms",
+    "containers_active",
+    "containers_finished",
+    "companions_running",
+    "kafka_reachable",
+    "publisher_active",
+];
+
 #[derive(Default)]
 pub struct Metrics {
     pub records_published: AtomicU64,
@@ -56,44 +74,68 @@ impl Metrics {
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = e;
     }
 
-    /// Every metric as (name, value), names fixed for the life of the
-    /// process (the agent registers one gauge per name). Reads atomics only.
+    /// The plain counters and gauges, in the order of [`BASE_NAMES`].
+    fn base(&self) -> [&AtomicU64; BASE_NAMES.len()] {
+        [
+            &self.records_published,
+            &self.bytes_published,
+            &self.in_flight,
+            &self.failed,
+            &self.retried,
+            &self.truncated,
+            &self.loss_notices,
+            &self.spool_bytes_pending,
+            &self.oldest_pending_age_ms,
+            &self.containers_active,
+            &self.containers_finished,
+            &self.companions_running,
+            &self.kafka_reachable,
+            &self.publisher_active,
+        ]
+    }
+
+    /// Every metric's name, fixed for the life of the process (the agent
+    /// registers one gauge per name); index `i` is [`Metrics::value`]`(i)`.
+    pub fn names() -> &'static [String] {
+        static NAMES: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+        NAMES.get_or_init(|| {
+            let mut v: Vec<String> = BASE_NAMES.iter().map(|s| s.to_string()).collect();
+            for r in LossReason::ALL {
+                v.push(if r == LossReason::SandboxWrite {
+                    "bytes_dropped/sandbox_write".to_string()
+                } else {
+                    format!("records_dropped/{}", r.name())
+                });
+            }
+            for c in Cause::ALL {
+                v.push(format!("kafka_errors/{}", c.name()));
+            }
+            v
+        })
+    }
+
+    /// The value of metric `i` (see [`Metrics::names`]): one atomic load,
+    /// no lock, no allocation; safe from any thread.
+    pub fn value(&self, i: usize) -> Option<u64> {
+        let base = self.base();
+        let load = |a: &AtomicU64| a.load(Relaxed);
+        if i < base.len() {
+            return Some(load(base[i]));
+        }
+        let i = i - base.len();
+        if i < self.dropped.len() {
+            return Some(load(&self.dropped[i]));
+        }
+        self.errors.get(i - self.dropped.len()).map(load)
+    }
+
+    /// Every metric as (name, value).
     pub fn values(&self) -> Vec<(String, f64)> {
-        let g = |c: &AtomicU64| c.load(Relaxed) as f64;
-        let mut v: Vec<(String, f64)> = vec![
-            ("records_published".into(), g(&self.records_published)),
-            ("bytes_published".into(), g(&self.bytes_published)),
-            ("records_in_flight".into(), g(&self.in_flight)),
-            ("delivery_failures".into(), g(&self.failed)),
-            ("records_retried".into(), g(&self.retried)),
-            ("messages_truncated".into(), g(&self.truncated)),
-            ("loss_notices".into(), g(&self.loss_notices)),
-            ("spool_bytes_pending".into(), g(&self.spool_bytes_pending)),
-            (
-                "oldest_pending_age_ms".into(),
-                g(&self.oldest_pending_age_ms),
-            ),
-            ("containers_active".into(), g(&self.containers_active)),
-            ("containers_finished".into(), g(&self.containers_finished)),
-            ("companions_running".into(), g(&self.companions_running)),
-            ("kafka_reachable".into(), g(&self.kafka_reachable)),
-            ("publisher_active".into(), g(&self.publisher_active)),
-        ];
-        for r in LossReason::ALL {
-            let name = if r == LossReason::SandboxWrite {
-                "bytes_dropped/sandbox_write".to_string()
-            } else {
-                format!("records_dropped/{}", r.name())
-            };
-            v.push((name, g(&self.dropped[r as usize])));
-        }
-        for c in Cause::ALL {
-            v.push((
-                format!("kafka_errors/{}", c.name()),
-                g(&self.errors[c as usize]),
-            ));
-        }
-        v
+        Metrics::names()
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.clone(), self.value(i).unwrap_or(0) as f64))
+            .collect()
     }
 
     /// `metrics.json`: every value, plus the last error's text.
@@ -112,5 +154,27 @@ impl Metrics {
                 .clone()),
         );
         Value::Object(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_values_line_up() {
+        let m = Metrics::default();
+        Metrics::add(&m.dropped[LossReason::TooLarge as usize], 7);
+        Metrics::add(&m.errors[Cause::Tls as usize], 3);
+        m.kafka_reachable.store(1, Relaxed);
+        let names = Metrics::names();
+        let at = |n: &str| m.value(names.iter().position(|x| x == n).unwrap()).unwrap();
+        assert_eq!(at("records_dropped/too_large"), 7);
+        assert_eq!(at("kafka_errors/tls"), 3);
+        assert_eq!(at("kafka_reachable"), 1);
+        assert_eq!(m.value(names.len()), None);
+        let mut sorted = names.to_vec();
+        sorted.dedup();
+        assert_eq!(sorted.len(), names.len(), "unique names");
     }
 }

@@ -414,8 +414,11 @@ pub struct Handle {
 }
 
 impl Handle {
-    pub fn spawn(config: Arc<Config>, opts: Options) -> Result<Handle, String> {
-        let metrics = Arc::new(Metrics::default());
+    pub fn spawn(
+        config: Arc<Config>,
+        opts: Options,
+        metrics: Arc<Metrics>,
+    ) -> Result<Handle, String> {
         let (stop, exit_when_empty) = (opts.stop.clone(), opts.exit_when_empty.clone());
         let mut p = Publisher::new(config.clone(), opts, sink_factory(&config), metrics.clone())?;
         let thread = std::thread::Builder::new()
