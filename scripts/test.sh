@@ -1,20 +1,39 @@
 #!/usr/bin/env bash
 # README's test command: installs what the tests need, then runs them all
-# (unit, integration against a real tansu broker, C++ bridge driver),
-# plus fmt and clippy.
+# (unit, integration against a real tansu broker, C++ bridge driver, and,
+# when a Mesos install is configured, the module in a real agent), plus
+# fmt and clippy.
+#
+# Mesos: MESOS_LAB (a lab built by ../shared/mesos-lab/setup.sh), or the
+# lab's default place $HOME/mesos-lab. Found: the module is built against
+# it (its mesos-flags.sh) and tests/agent.rs runs master + agent + tasks.
+# Not found: those tests say "agent tests SKIPPED" and nothing else changes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TANSU_BIN=$(scripts/setup.sh | tail -n 1)
 export TANSU_BIN
+features=()
+lab=${MESOS_LAB:-$HOME/mesos-lab}
+if [ -x "$lab/bin/mesos-agent" ] && [ -f "$lab/mesos-flags.sh" ]; then
+  export MESOS_LAB=$lab
+  # shellcheck disable=SC1091
+  . "$lab/mesos-flags.sh"
+  features=(--features mesos)
+  echo "agent tests: against the Mesos lab in $MESOS_LAB"
+else
+  unset MESOS_LAB
+  echo "agent tests SKIPPED: no Mesos found, see README (set MESOS_LAB)"
+fi
 cargo fmt --all -- --check
-cargo clippy --release --all-targets -- -D warnings
+cargo clippy --release "${features[@]}" --all-targets -- -D warnings
 log=$(mktemp)
 set +e
-cargo test --release -- --test-threads=2 2>&1 | tee "$log"
+cargo test --release "${features[@]}" --no-fail-fast -- --test-threads=2 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 # One closing line for the whole run (cargo prints one per test binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "%d passed, %d failed\n", p, f }' "$log"
+grep -q "agent tests SKIPPED" "$log" && echo "(agent tests SKIPPED: no Mesos found)"
 rm -f "$log"
 exit "$status"

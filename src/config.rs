@@ -140,7 +140,7 @@ pub const PARAMETERS: &[(&str, &str, &str)] = &[
     ("drop_privileges", "true (module); false (run)", "Run each companion as ContainerConfig.user (when the agent is root); an unknown user keeps the agent's user, with a warning."),
     ("max_in_flight_bytes", "8MB", "Publisher bound on encoded bytes handed to the sink but not yet acknowledged."),
     ("max_message_bytes", "900000", "Largest GELF message produced; larger ones are cut (_truncated); container fields take at most half of it (see GELF fields)."),
-    ("metrics_interval_ms", "10000", "How often the publisher writes <spool_dir>/metrics.json and logs a summary."),
+    ("metrics_interval_ms", "10000", "How often the publisher writes <spool_dir>/metrics.json (agent-wide numbers and per-container detail)."),
     ("kafka.<property>", "see README", "Any librdkafka producer property, passed verbatim."),
     ("field.<name>", "", "Static additional GELF field _<name> on every record."),
 ];

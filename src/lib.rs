@@ -3,7 +3,8 @@
 //!
 //! Where things live:
 //! - [`config`]: parameters, validation, per-task overrides;
-//! - [`metadata`]: ContainerConfig JSON → who wrote a line;
+//! - [`metadata`]: ContainerConfig JSON → who wrote a line ([`nested`]:
+//!   the task of a nested container, found after `prepare()`);
 //! - [`companion`]: the per-container process (pipes → sandbox + spool);
 //! - [`spool`]: the on-disk hand-off (format documented there);
 //! - [`gelf`]: the GELF encoder;
@@ -19,6 +20,7 @@ pub mod gelf;
 pub mod log;
 pub mod logger;
 pub mod metadata;
+pub mod nested;
 pub mod privileges;
 pub mod publisher;
 pub mod spool;

@@ -370,6 +370,33 @@ pub fn parse(
 }
 
 impl Identity {
+    /// Adds what was found later about a nested container's task (see
+    /// `crate::nested`): its id, name and labels (over the executor's),
+    /// capped as at prepare time. Returns its `gelf.*` override labels.
+    pub fn add_task(
+        &mut self,
+        id: String,
+        name: Option<String>,
+        labels: Vec<(String, String)>,
+        warnings: &mut Vec<String>,
+    ) -> Vec<(String, String)> {
+        self.task_id = Some(id);
+        if name.is_some() {
+            self.task_name = name;
+        }
+        let (overrides, shipped): (Vec<_>, Vec<_>) = labels
+            .into_iter()
+            .partition(|(k, _)| k.starts_with("gelf."));
+        let mut all = std::mem::take(&mut self.labels);
+        for (k, v) in shipped {
+            all.retain(|(ek, _)| *ek != k);
+            all.push((k, v));
+        }
+        self.labels = cap_labels(all, warnings);
+        self.cap_fields(warnings);
+        overrides
+    }
+
     /// Truncates identity strings over [`MAX_FIELD_VALUE`] bytes, naming
     /// each in a warning. (The container id and sandbox come from the agent,
     /// not the task, and are left alone.)

@@ -707,7 +707,7 @@ fn a_second_agent_on_the_same_spool_waits_for_the_first_and_takes_over() {
     };
     assert_eq!(active(&first), 1);
     assert_eq!(active(&second), 0, "the second one waits");
-    let mut write = |l: &Logger, id: &str| {
+    let write = |l: &Logger, id: &str| {
         let sbx = d.path().join(id);
         std::fs::create_dir_all(&sbx).unwrap();
         let json = serde_json::json!({"directory": sbx.display().to_string()}).to_string();
@@ -734,7 +734,11 @@ fn a_second_agent_on_the_same_spool_waits_for_the_first_and_takes_over() {
         std::thread::sleep(Duration::from_millis(50));
     }
     write(&second, "c-after");
-    let mut w = SeqWatch::new(&[("c-by-second", 1000), ("c-by-first", 1000), ("c-after", 1000)]);
+    let mut w = SeqWatch::new(&[
+        ("c-by-second", 1000),
+        ("c-by-first", 1000),
+        ("c-after", 1000),
+    ]);
     let msgs = consume_until(
         &broker.addr(),
         "second",

@@ -191,7 +191,11 @@ impl Publisher {
     pub(super) fn update_pending_metrics(&mut self) {
         let mut bytes = 0u64;
         let mut oldest: Option<i64> = None;
+        let mut running = 0u64;
         for c in self.containers.values_mut() {
+            if !c.reader.dir().join(crate::spool::DONE_FILE).exists() {
+                running += 1;
+            }
             // Torn frames skipped since the last look: losses by reason.
             let torn = c.reader.torn - c.torn_counted;
             Metrics::add(&self.metrics.dropped[LossReason::Torn as usize], torn);
@@ -213,6 +217,9 @@ impl Publisher {
         self.metrics
             .spool_bytes_pending
             .store(bytes, Ordering::Relaxed);
+        self.metrics
+            .companions_running
+            .store(running, Ordering::Relaxed);
         let age = oldest.map(|t| ((crate::spool::record::now_micros() - t).max(0) / 1000) as u64);
         self.metrics
             .oldest_pending_age_ms

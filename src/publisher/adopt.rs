@@ -196,6 +196,13 @@ impl Publisher {
                 backoff: RETRY_BACKOFF,
                 loss_totals: Default::default(),
                 torn_counted: 0,
+                nested: crate::nested::lookup_for(&meta.identity).map(|lookup| NestedWait {
+                    lookup,
+                    since: Instant::now(),
+                    last_try: None,
+                }),
+                identity: meta.identity,
+                settings: meta.settings,
             },
         );
         self.metrics

@@ -255,8 +255,9 @@ impl Health {
             self.metrics.set_error(None);
             // One failing container among healthy ones would make this
             // flap: limited like the warnings.
-            self.limiter
-                .emit(Level::Info, "kafka\0recovered", || "delivering again".into());
+            self.limiter.emit(Level::Info, "kafka\0recovered", || {
+                "delivering again".into()
+            });
         }
     }
 

@@ -141,7 +141,21 @@ struct Container {
     loss_totals: [u64; crate::spool::notice::LossReason::ALL.len()],
     /// Torn frames already added to the metrics.
     torn_counted: u64,
+    /// A nested container whose task is not known yet: its records wait
+    /// (at most [`NESTED_WAIT`]) until the executor links it.
+    nested: Option<NestedWait>,
+    identity: crate::metadata::Identity,
+    settings: crate::config::ContainerSettings,
 }
+
+struct NestedWait {
+    lookup: crate::nested::Lookup,
+    since: Instant,
+    last_try: Option<Instant>,
+}
+
+/// How long a nested container's records wait for its task to be linked.
+const NESTED_WAIT: Duration = Duration::from_secs(10);
 
 pub struct Publisher {
     config: Arc<Config>,
@@ -395,8 +409,43 @@ impl Publisher {
         ))
     }
 
+    /// `<spool_dir>/metrics.json`: the agent-wide numbers, and per
+    /// container what an operator asks first (kept out of the agent's
+    /// metrics, whose names must stay bounded).
     fn write_metrics(&self) {
-        let v = self.metrics.snapshot();
+        let mut v = self.metrics.snapshot();
+        let per: serde_json::Map<String, serde_json::Value> = self
+            .containers
+            .values()
+            .map(|c| {
+                let oldest = c
+                    .inflight
+                    .front()
+                    .map(|e| e.ts_micros)
+                    .or(c.held.as_ref().map(|h| h.0.ts_micros))
+                    .map(|t| (crate::spool::record::now_micros() - t).max(0) / 1000);
+                (
+                    c.key.clone(),
+                    serde_json::json!({
+                        "topic": c.topic,
+                        "task_id": c.identity.task_id,
+                        "in_flight": c.inflight.len(),
+                        "oldest_pending_age_ms": oldest,
+                        "failing": c.failing.map(|(cause, t)| serde_json::json!({
+                            "cause": cause.name(),
+                            "for_s": t.elapsed().as_secs(),
+                        })),
+                        "waiting_for_task_link": c.nested.is_some(),
+                        "losses": crate::spool::notice::LossReason::ALL
+                            .iter()
+                            .filter(|r| c.loss_totals[**r as usize] > 0)
+                            .map(|r| (r.name().to_string(), serde_json::json!(c.loss_totals[*r as usize])))
+                            .collect::<serde_json::Map<_, _>>(),
+                    }),
+                )
+            })
+            .collect();
+        v["containers"] = serde_json::Value::Object(per);
         let _ = crate::spool::write_atomic(
             &self.opts.spool_dir,
             "metrics.json",

@@ -42,6 +42,9 @@ impl Publisher {
         if !c.may_have_data && c.held.is_none() && c.last_try.elapsed() < RECHECK_EVERY {
             return Ok(0);
         }
+        if !settle_nested(&self.config, &mut self.health, c) {
+            return Ok(0);
+        }
         c.retry_at = None;
         c.last_try = now;
         // One container may take at most half the window, so another one
@@ -184,6 +187,65 @@ impl Publisher {
     pub(super) fn stopping(&self) -> bool {
         self.opts.stop.load(Ordering::Relaxed)
     }
+}
+
+/// For a nested container: looks for its task (see [`crate::nested`]) and,
+/// once found, rebuilds its encoder with the task's id, name and labels,
+/// and its topic and levels from the task's `gelf.*` labels. False while
+/// its records should still wait.
+fn settle_nested(config: &Config, health: &mut Health, c: &mut Container) -> bool {
+    let Some(w) = c.nested.as_mut() else {
+        return true;
+    };
+    if w.last_try
+        .is_some_and(|t| t.elapsed() < Duration::from_millis(200))
+    {
+        return false;
+    }
+    w.last_try = Some(Instant::now());
+    let Some(task) = crate::nested::resolve(&w.lookup) else {
+        if w.since.elapsed() < NESTED_WAIT {
+            return false;
+        }
+        let k = c.key.clone();
+        health.warn(&format!("{k}\0nested"), || {
+            format!(
+                "container {k}: nested, but no task linked to it after {} s; its records ship without _task_id",
+                NESTED_WAIT.as_secs()
+            )
+        });
+        c.nested = None;
+        return true;
+    };
+    c.nested = None;
+    let mut warnings = Vec::new();
+    let overrides = c
+        .identity
+        .add_task(task.id, task.name, task.labels, &mut warnings);
+    // Only what the publisher does can still change; the companion's
+    // settings were fixed at prepare time (from the task's environment).
+    let (late, early): (Vec<_>, Vec<_>) = overrides.into_iter().partition(|(k, _)| {
+        ["gelf.topic", "gelf.level_stdout", "gelf.level_stderr"].contains(&k.as_str())
+    });
+    for (k, _) in early {
+        warnings.push(format!(
+            "label {k} of a nested task cannot apply after its container started (set it in the task's environment instead)"
+        ));
+    }
+    let (settings, w) = c.settings.resolve(&config.env_prefix, &[], &late);
+    warnings.extend(w);
+    c.settings = settings;
+    c.topic = c.settings.topic.clone();
+    let limit = c.encoder.max_bytes();
+    c.encoder = Encoder::new(config, &c.identity, &c.settings);
+    c.encoder.set_max_bytes(limit.min(config.max_message_bytes));
+    let k = c.key.clone();
+    for m in warnings {
+        health.warn(&format!("{k}\0nested-{m}"), || {
+            format!("container {k}: {m}")
+        });
+    }
+    true
 }
 
 /// Gives up on one record that no limit can fit: counted, logged (limited),
