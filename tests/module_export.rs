@@ -49,10 +49,35 @@ fn module_style_global_is_exported_as_data_and_found_by_dlsym() {
         "Rust internals exported"
     );
 
+    // Built with the Mesos shim (scripts/test.sh with a Mesos lab), the
+    // library needs libmesos' symbols, which the agent provides: load them
+    // first, as the agent would have (the lab's libmesos and its shims).
+    if text.contains(" org_mesos_gelf_GelfContainerLogger") {
+        let lab = std::env::var("MESOS_LAB")
+            .expect("shim built: MESOS_LAB names the Mesos it was built against");
+        for lib in [
+            "libcrypto.so.1.0.0",
+            "libssl.so.1.0.0",
+            "libcurl.so.4",
+            "libmesos-compat.so",
+            "libmesos-1.11.0.so",
+        ] {
+            // Lazily: the lab's libmesos and its compat stubs refer to each other.
+            let p = CString::new(format!("{lab}/lib/{lib}")).unwrap();
+            let h = unsafe { libc::dlopen(p.as_ptr(), libc::RTLD_LAZY | libc::RTLD_GLOBAL) };
+            assert!(!h.is_null(), "cannot load {lab}/lib/{lib}: {:?}", unsafe {
+                std::ffi::CStr::from_ptr(libc::dlerror())
+            });
+        }
+    }
     let path = CString::new(so.to_str().unwrap()).unwrap();
     unsafe {
         let h = libc::dlopen(path.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL);
-        assert!(!h.is_null(), "dlopen failed");
+        assert!(
+            !h.is_null(),
+            "dlopen failed: {:?}",
+            std::ffi::CStr::from_ptr(libc::dlerror())
+        );
         let sym = CString::new("mesos_gelf_export_probe").unwrap();
         let p = libc::dlsym(h, sym.as_ptr()) as *const Probe;
         assert!(!p.is_null(), "dlsym failed");
