@@ -83,8 +83,26 @@ fn log_to_agent(level: i32, msg: &str) {
     ffi::agent_log(level, msg);
 }
 
+/// Runs a call from the agent; a panic (a bug of ours) becomes an error for
+/// that one call, never an abort of the agent (cxx aborts on a panic that
+/// crosses into C++).
+fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|p| {
+        let msg = format!(
+            "{what} failed: internal error (panic: {}); the agent carries on",
+            crate::publisher::panic_text(&p)
+        );
+        crate::log::error(&msg);
+        Err(msg)
+    })
+}
+
 #[allow(clippy::ptr_arg)] // the signature cxx generates for `&Vec<Param>`
 fn create_logger(params: &Vec<ffi::Param>) -> Result<Box<ModuleLogger>, String> {
+    guarded("creating the logger", || create_logger_inner(params))
+}
+
+fn create_logger_inner(params: &[ffi::Param]) -> Result<Box<ModuleLogger>, String> {
     crate::log::set_sink(log_to_agent);
     let pairs: Vec<(&str, &str)> = params
         .iter()
@@ -110,6 +128,10 @@ fn create_logger(params: &Vec<ffi::Param>) -> Result<Box<ModuleLogger>, String> 
 
 impl ModuleLogger {
     fn initialize(&mut self) -> Result<(), String> {
+        guarded("initialize", || self.initialize_inner())
+    }
+
+    fn initialize_inner(&mut self) -> Result<(), String> {
         self.inner.initialize(None)?;
         crate::log::info(&format!(
             "mesos-gelf logger ready: spool {}, topic {}",
@@ -120,6 +142,17 @@ impl ModuleLogger {
     }
 
     fn prepare(&self, container_id: &str, config_json: &str) -> Result<ffi::ContainerFds, String> {
+        guarded(&format!("prepare of container {container_id}"), || {
+            crate::fault::hit("prepare");
+            self.prepare_inner(container_id, config_json)
+        })
+    }
+
+    fn prepare_inner(
+        &self,
+        container_id: &str,
+        config_json: &str,
+    ) -> Result<ffi::ContainerFds, String> {
         let p = self
             .inner
             .prepare(container_id, config_json, None)
@@ -132,14 +165,23 @@ impl ModuleLogger {
     }
 
     fn metrics_json(&self) -> String {
-        self.inner.metrics().snapshot().to_string()
+        guarded("metrics", || {
+            Ok(self.inner.metrics().snapshot().to_string())
+        })
+        .unwrap_or_else(|_| "{}".into())
     }
 
     fn metric_names(&self) -> Vec<String> {
-        crate::publisher::metrics::Metrics::names().to_vec()
+        guarded("metric names", || {
+            Ok(crate::publisher::metrics::Metrics::names().to_vec())
+        })
+        .unwrap_or_default()
     }
 
     fn metric_value(&self, index: usize) -> f64 {
-        self.inner.metrics().value(index).unwrap_or(0) as f64
+        guarded("a metric", || {
+            Ok(self.inner.metrics().value(index).unwrap_or(0) as f64)
+        })
+        .unwrap_or(0.0)
     }
 }

@@ -79,6 +79,49 @@ pub struct ContainerSettings {
     pub sandbox_max_files: u32,
     pub spool_max_size: u64,
     pub spool_segment_size: u64,
+    /// Free space kept on the spool filesystem (agent-wide; copied here so
+    /// the companion enforces it too).
+    pub spool_min_free: MinFree,
+    /// Lines and bytes per second shipped for this container (0: no limit),
+    /// with a burst of `rate_limit_burst` seconds' worth.
+    pub rate_limit_lines: u64,
+    pub rate_limit_bytes: u64,
+    pub rate_limit_burst: u64,
+}
+
+/// `spool_min_free`: an amount, or a share of the spool filesystem.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MinFree {
+    Bytes(u64),
+    Percent(u8),
+}
+
+impl MinFree {
+    /// Bytes to keep free on a filesystem of `fs_size` bytes.
+    pub fn bytes(self, fs_size: u64) -> u64 {
+        match self {
+            MinFree::Bytes(n) => n,
+            MinFree::Percent(p) => fs_size / 100 * u64::from(p),
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<MinFree, String> {
+        let t = s.trim();
+        if let Some(p) = t.strip_suffix('%') {
+            return match p.trim().parse::<u8>() {
+                Ok(n) if n <= 90 => Ok(MinFree::Percent(n)),
+                _ => Err(format!("`{s}` is not a percentage from 0% to 90%")),
+            };
+        }
+        parse_size(t).map(MinFree::Bytes)
+    }
+
+    pub fn text(self) -> String {
+        match self {
+            MinFree::Bytes(n) => n.to_string(),
+            MinFree::Percent(p) => format!("{p}%"),
+        }
+    }
 }
 
 /// Names that may be overridden per container, as `gelf.<name>` labels or
@@ -92,6 +135,9 @@ pub const OVERRIDABLE: &[&str] = &[
     "max_line_bytes",
     "sandbox_max_size",
     "sandbox_max_files",
+    "rate_limit_lines",
+    "rate_limit_bytes",
+    "rate_limit_burst",
 ];
 
 /// The validated module / command parameters.
@@ -108,6 +154,8 @@ pub struct Config {
     pub cgroups_hierarchy: PathBuf,
     pub max_in_flight_bytes: usize,
     pub max_message_bytes: usize,
+    /// Agent-wide cap on all spools together.
+    pub spool_max_total_size: u64,
     pub metrics_interval_ms: u64,
     /// Run each companion as its container's user (when we are root).
     pub drop_privileges: bool,
@@ -120,6 +168,11 @@ pub const PARAMETERS: &[(&str, &str, &str)] = &[
     ("spool_dir", "/var/lib/mesos-gelf/spool (module); a temporary directory (run)", "Root of the on-disk spool: one directory per container."),
     ("spool_max_size", "256MB", "Per-container spool cap; past it the oldest unsent records are dropped (the newest always kept) and each drop reported with its _seq range."),
     ("spool_segment_size", "8MB", "Size at which the companion starts a new spool segment (capped at spool_max_size/4)."),
+    ("spool_max_total_size", "4GB", "Agent-wide cap on all spools; past it the publisher drops the oldest unsent data of the container that holds the most, and reports it."),
+    ("spool_min_free", "5%", "Free space kept on the spool filesystem (a size or a percentage); enforced like spool_max_total_size, and by each companion before it writes."),
+    ("rate_limit_lines", "0 (off)", "Lines per second shipped per container; lines over it stay in the sandbox files, are not shipped, and are reported."),
+    ("rate_limit_bytes", "0 (off)", "Bytes per second shipped per container, as rate_limit_lines."),
+    ("rate_limit_burst", "10", "Seconds' worth of the rate limits a container may send at once (token bucket)."),
     ("sandbox_max_size", "10MB", "Rotate <sandbox>/stdout and stderr past this size."),
     ("sandbox_max_files", "5", "Keep at most this many files per stream (stdout, stdout.1 ...)."),
     ("max_line_bytes", "65536", "Longer lines are split into parts marked _line_part / _line_continues (at most a quarter of spool_max_size)."),
@@ -161,6 +214,10 @@ impl Default for ContainerSettings {
             sandbox_max_files: 5,
             spool_max_size: 256 * 1024 * 1024,
             spool_segment_size: 8 * 1024 * 1024,
+            spool_min_free: MinFree::Percent(5),
+            rate_limit_lines: 0,
+            rate_limit_bytes: 0,
+            rate_limit_burst: 10,
         }
     }
 }
@@ -300,6 +357,16 @@ impl ContainerSettings {
                 }
                 self.spool_max_size = n;
             }
+            "spool_min_free" => self.spool_min_free = MinFree::parse(value)?,
+            "rate_limit_lines" => self.rate_limit_lines = parse_num(value, "a whole number")?,
+            "rate_limit_bytes" => self.rate_limit_bytes = parse_size(value)?,
+            "rate_limit_burst" => {
+                let n: u64 = parse_num(value, "a whole number of seconds")?;
+                if !(1..=3600).contains(&n) {
+                    return Err(format!("`{value}` is out of range (1 to 3600 seconds)"));
+                }
+                self.rate_limit_burst = n;
+            }
             "spool_segment_size" => {
                 let n = parse_size(value)?;
                 if n < 4096 {
@@ -406,6 +473,7 @@ impl Config {
             cgroups_hierarchy: PathBuf::from("/sys/fs/cgroup"),
             max_in_flight_bytes: 8 << 20,
             max_message_bytes: 900_000,
+            spool_max_total_size: 4 << 30,
             metrics_interval_ms: 10_000,
             drop_privileges: true,
             defaults: ContainerSettings::default(),
@@ -477,6 +545,13 @@ impl Config {
                         return Err(err(key, "too small (at least 64KB)"));
                     }
                     c.max_in_flight_bytes = n as usize;
+                }
+                "spool_max_total_size" => {
+                    let n = parse_size(value).map_err(|m| err(key, m))?;
+                    if n < 1 << 20 {
+                        return Err(err(key, "too small (at least 1MB)"));
+                    }
+                    c.spool_max_total_size = n;
                 }
                 "max_message_bytes" => {
                     let n = parse_size(value).map_err(|m| err(key, m))?;

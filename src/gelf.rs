@@ -256,7 +256,7 @@ impl Encoder {
     /// Appends the GELF JSON of `rec` to `out` (no trailing newline), cut to
     /// the limit if need be. On [`Fit::Over`] `out` is left as it was.
     pub fn encode(&self, rec: &Record, out: &mut Vec<u8>) -> Fit {
-        if rec.stream == Stream::Notice {
+        if matches!(rec.stream, Stream::Notice | Stream::PublisherNotice) {
             // A notice's payload is JSON (text + loss fields): ship the text
             // as the message and the rest as fields.
             let n = notice::parse(&rec.payload);
@@ -331,7 +331,7 @@ impl Encoder {
         let level = match rec.stream {
             Stream::Stdout => self.level_stdout,
             Stream::Stderr => self.level_stderr,
-            Stream::Notice => 4,
+            Stream::Notice | Stream::PublisherNotice => 4,
         };
         let secs = rec.ts_micros.div_euclid(1_000_000);
         let micros = rec.ts_micros.rem_euclid(1_000_000);

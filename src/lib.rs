@@ -15,6 +15,7 @@
 pub mod bridge;
 pub mod companion;
 pub mod config;
+pub mod fault;
 pub mod forward;
 pub mod gelf;
 pub mod log;

@@ -27,10 +27,24 @@ pub struct Prepared {
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
     pub spool: PathBuf,
+    /// False when the spool could not be made: sandbox files only.
+    pub shipped: bool,
     pub warnings: Vec<String>,
 }
 
+/// A container that started without a spool: the publisher sends this
+/// notice for it (best effort: kept in memory only, as the disk is the
+/// problem).
+#[derive(Debug, Clone)]
+pub struct Orphan {
+    pub identity: crate::metadata::Identity,
+    pub settings: crate::config::ContainerSettings,
+    pub text: String,
+}
+
 pub struct Logger {
+    /// Notices for containers that have no spool, for the publisher.
+    orphans: Arc<std::sync::Mutex<Vec<Orphan>>>,
     config: Arc<Config>,
     spool_dir: PathBuf,
     companion: PathBuf,
@@ -94,6 +108,7 @@ impl Logger {
             companion,
             publisher: None,
             metrics: Arc::new(Metrics::default()),
+            orphans: Default::default(),
         })
     }
 
@@ -117,19 +132,28 @@ impl Logger {
     /// their `data/` before they drop privileges) and starts the publisher
     /// thread: in the agent with [`Options::agent`], for `run` with options
     /// of its own.
+    ///
+    /// In the agent a spool directory that cannot be made is not fatal:
+    /// the agent starts, containers get their sandbox files only, and the
+    /// publisher keeps trying. `run` gets the error.
     pub fn initialize(&mut self, opts: Option<Options>) -> Result<(), String> {
-        std::fs::create_dir_all(&self.spool_dir).map_err(|e| {
-            format!(
+        if let Err(e) = std::fs::create_dir_all(&self.spool_dir) {
+            let msg = format!(
                 "parameter `spool_dir`: cannot create {}: {e}",
                 self.spool_dir.display()
-            )
-        })?;
+            );
+            if opts.is_some() {
+                return Err(msg);
+            }
+            log::error(&msg);
+        }
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(&self.spool_dir, std::fs::Permissions::from_mode(0o700));
         if self.publisher.is_none() {
-            let opts = opts.unwrap_or_else(|| {
+            let mut opts = opts.unwrap_or_else(|| {
                 Options::agent(&self.spool_dir, Arc::new(AtomicBool::new(false)))
             });
+            opts.orphans = self.orphans.clone();
             self.publisher = Some(Handle::spawn(
                 self.config.clone(),
                 opts,
@@ -179,11 +203,46 @@ impl Logger {
             settings,
             run_as,
         };
-        let dir = self.make_container_dir(&key, &meta)?;
+        // A spool that cannot be made (disk full, read-only, permissions)
+        // never fails the task: it starts with its sandbox files only, and
+        // the loss is reported (agent log, metrics, and a notice to Kafka
+        // once the publisher can send one).
+        let dir = self.spool_dir.join(&key);
+        let unspooled = match self.make_container_dir(&key, &meta) {
+            Ok(_) => None,
+            Err(e) => {
+                Metrics::add(&self.metrics.containers_unspooled, 1);
+                let text = format!(
+                    "container {container_id} started without a spool ({e}): its sandbox files are written, its lines are not shipped"
+                );
+                log::error(&text);
+                let text = format!("mesos-gelf: {text}");
+                if let Ok(mut o) = self.orphans.lock() {
+                    if o.len() < 1000 {
+                        o.push(Orphan {
+                            identity: meta.identity.clone(),
+                            settings: meta.settings.clone(),
+                            text,
+                        });
+                    }
+                }
+                Some(crate::companion::Unspooled {
+                    sandbox_max_size: meta.settings.sandbox_max_size,
+                    sandbox_max_files: meta.settings.sandbox_max_files,
+                    run_as: meta.run_as.clone(),
+                })
+            }
+        };
 
         let (out_r, out_w) = pipe_cloexec().map_err(|e| format!("pipe: {e}"))?;
         let (err_r, err_w) = pipe_cloexec().map_err(|e| format!("pipe: {e}"))?;
-        self.spawn_companion(&dir, &sandbox_dir, out_r.as_raw_fd(), err_r.as_raw_fd())?;
+        self.spawn_companion(
+            (unspooled.is_none()).then_some(dir.as_path()),
+            unspooled.as_ref(),
+            &sandbox_dir,
+            out_r.as_raw_fd(),
+            err_r.as_raw_fd(),
+        )?;
         drop((out_r, err_r));
         for w in &warnings {
             log::warn(&format!("container {container_id}: {w}"));
@@ -192,6 +251,7 @@ impl Logger {
             stdout: out_w,
             stderr: err_w,
             spool: dir,
+            shipped: unspooled.is_none(),
             warnings,
         })
     }
@@ -247,16 +307,21 @@ impl Logger {
     /// the two read ends as fds 3 and 4.
     fn spawn_companion(
         &self,
-        spool: &Path,
+        spool: Option<&Path>,
+        unspooled: Option<&crate::companion::Unspooled>,
         sandbox: &Path,
         out_r: RawFd,
         err_r: RawFd,
     ) -> Result<(), String> {
         let mut cmd = Command::new(&self.companion);
-        cmd.arg("companion")
-            .arg("--spool")
-            .arg(spool)
-            .arg("--sandbox")
+        cmd.arg("companion");
+        if let Some(s) = spool {
+            cmd.arg("--spool").arg(s);
+        }
+        if let Some(u) = unspooled {
+            cmd.arg("--unspooled").arg(u.to_arg());
+        }
+        cmd.arg("--sandbox")
             .arg(sandbox)
             .args(["--stdout-fd", "3", "--stderr-fd", "4"])
             .stdin(Stdio::null())
@@ -267,7 +332,27 @@ impl Logger {
         if let Some(p) = systemd_cgroup_procs(&self.config) {
             cmd.arg("--cgroup-procs").arg(p);
         }
-        // SAFETY: only async-signal-safe calls (fcntl/dup2/close_range/signal/setsid/fork/_exit) after fork.
+        // The companion's life is an flock on `data/companion.lock`, taken
+        // here before the second fork (so it is held before prepare()
+        // returns) and kept on fd 5 for as long as the companion lives: the
+        // publisher takes it only once the companion is gone (see
+        // `crate::spool::companion_alive`).
+        let lock_path = match spool {
+            Some(s) => Some(
+                std::ffi::CString::new(
+                    crate::spool::data_dir(s)
+                        .join(crate::spool::COMPANION_LOCK)
+                        .into_os_string()
+                        .into_encoded_bytes(),
+                )
+                .map_err(|e| format!("spool path: {e}"))?,
+            ),
+            None => None,
+        };
+        if lock_path.is_some() {
+            cmd.args(["--lock-fd", "5"]);
+        }
+        // SAFETY: only async-signal-safe calls (fcntl/dup2/close_range/signal/setsid/fork/_exit/open/flock) after fork.
         unsafe {
             cmd.pre_exec(move || {
                 // Move the read ends to 3 and 4 without clobbering either.
@@ -296,6 +381,22 @@ impl Logger {
                     libc::SIGQUIT,
                 ] {
                     libc::signal(sig, libc::SIG_IGN);
+                }
+                if let Some(p) = &lock_path {
+                    let l = libc::open(
+                        p.as_ptr(),
+                        libc::O_RDWR | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_NONBLOCK,
+                        0o600,
+                    );
+                    if l < 0
+                        || libc::flock(l, libc::LOCK_EX | libc::LOCK_NB) != 0
+                        || libc::dup2(l, 5) < 0
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    if l != 5 {
+                        libc::close(l);
+                    }
                 }
                 if libc::setsid() < 0 {
                     return Err(std::io::Error::last_os_error());

@@ -144,16 +144,14 @@ fn spool_filesystem_full_sandbox_still_written_container_never_blocks_loss_repor
         .filter(|r| r.stream == Stream::Notice)
         .map(|r| serde_json::from_slice(&r.payload).unwrap())
         .collect();
-    let notice = notices
-        .iter()
-        .find(|n| n["reason"] == "spool_write")
-        .expect("a loss notice once space came back");
+    // Full: the companion keeps `spool_min_free` (budget) or its writes
+    // fail (spool_write); either way each loss is named.
     assert!(
-        notice["text"]
-            .as_str()
-            .unwrap()
-            .contains("could not be written to the spool"),
-        "{notice}"
+        !notices.is_empty()
+            && notices
+                .iter()
+                .all(|n| n["reason"] == "spool_write" || n["reason"] == "budget"),
+        "a loss notice once space came back: {notices:?}"
     );
     // Every line is either in the spool or named lost by a notice, once.
     let kept: Vec<u64> = data.iter().map(|r| r.seq).collect();

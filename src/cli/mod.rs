@@ -52,7 +52,11 @@ enum Cmd {
     #[command(hide = true)]
     Companion {
         #[arg(long)]
-        spool: PathBuf,
+        spool: Option<PathBuf>,
+        /// No spool could be made: sandbox files only
+        /// (`sandbox_max_size:sandbox_max_files:user:uid:gid`, user `-`).
+        #[arg(long)]
+        unspooled: Option<String>,
         #[arg(long)]
         sandbox: PathBuf,
         #[arg(long, default_value_t = 3)]
@@ -61,6 +65,9 @@ enum Cmd {
         stderr_fd: i32,
         #[arg(long)]
         cgroup_procs: Option<PathBuf>,
+        /// The fd holding the companion's lock (kept open for life).
+        #[arg(long)]
+        lock_fd: Option<i32>,
     },
 }
 
@@ -122,6 +129,7 @@ fn publish(
             stop,
             wait_for_lock: false,
             give_up_after: until_empty.then(|| std::time::Duration::from_secs(give_up_after)),
+            orphans: Default::default(),
         },
         publisher::sink_factory(&config),
         Arc::new(Metrics::default()),
@@ -148,15 +156,21 @@ pub fn main() -> i32 {
         Cmd::Forward(a) => forward::forward(a),
         Cmd::Companion {
             spool,
+            unspooled,
             sandbox,
             stdout_fd,
             stderr_fd,
             cgroup_procs,
+            lock_fd,
         } => {
             companion::ignore_signals();
-            companion::close_other_fds(&[stdout_fd, stderr_fd]);
+            let keep: Vec<i32> = [stdout_fd, stderr_fd].into_iter().chain(lock_fd).collect();
+            companion::close_other_fds(&keep);
+            // A bad value (never from prepare) still drains the pipes.
+            let unspooled = unspooled.and_then(|u| companion::Unspooled::from_arg(&u).ok());
             companion::run(&CompanionArgs {
                 spool,
+                unspooled,
                 sandbox,
                 stdout_fd,
                 stderr_fd,

@@ -186,12 +186,23 @@ pub fn run(a: RunArgs) -> Result<i32, String> {
     // A private spool unless one is given: run publishes only its container.
     let mut tmp = None;
     if config.spool_dir.is_none() {
-        let t = tempfile::Builder::new()
+        match tempfile::Builder::new()
             .prefix("mesos-gelf-spool-")
             .tempdir()
-            .map_err(|e| format!("cannot create a temporary spool: {e}"))?;
-        config.spool_dir = Some(t.path().to_path_buf());
-        tmp = Some(t);
+        {
+            Ok(t) => {
+                config.spool_dir = Some(t.path().to_path_buf());
+                tmp = Some(t);
+            }
+            // The command runs anyway (sandbox files only): see below.
+            Err(e) => {
+                eprintln!("mesos-gelf: cannot create a temporary spool ({e})");
+                config.spool_dir = Some(std::env::temp_dir().join(format!(
+                    "mesos-gelf-spool-unavailable-{}",
+                    std::process::id()
+                )));
+            }
+        }
     }
     let spool_root = config.spool_dir.clone().expect("set above");
     let sandbox = a.sandbox.unwrap_or_else(|| PathBuf::from("sandbox"));
@@ -214,17 +225,35 @@ pub fn run(a: RunArgs) -> Result<i32, String> {
     let companion = config.companion_path.clone().unwrap_or(exe);
     let mut logger = Logger::new(config, companion)?;
     // The publisher first: a spool another publisher holds is refused
-    // before anything runs.
-    logger.initialize(Some(Options {
+    // before anything runs. A spool that cannot be made is not: the
+    // command runs with its sandbox files only, and `run` exits 3.
+    let mut failure: Option<(String, bool)> = None;
+    if let Err(e) = logger.initialize(Some(Options {
         spool_dir: spool_root.clone(),
         exit_when_empty: Arc::new(AtomicBool::new(false)),
         stop: Arc::new(AtomicBool::new(false)),
         wait_for_lock: false,
         give_up_after: Some(Duration::from_secs(a.give_up_after)),
-    }))?;
+        orphans: Default::default(),
+    })) {
+        if e.contains("another publisher") {
+            return Err(e);
+        }
+        eprintln!(
+            "mesos-gelf: {e}; running {} with its sandbox files only: its lines are not shipped",
+            a.cmd[0]
+        );
+        failure = Some((e, false));
+    }
     let prepared = logger.prepare(&container_id, &json, Some(&sandbox))?;
-    let publisher = logger.take_publisher().expect("initialized");
-    publisher.finish_when_empty();
+    if !prepared.shipped && failure.is_none() {
+        failure = Some(("the container's spool could not be made".into(), false));
+    }
+    // Unspooled: nothing for a publisher to wait for.
+    let publisher = logger.take_publisher().filter(|_| prepared.shipped);
+    if let Some(p) = &publisher {
+        p.finish_when_empty();
+    }
     let inodes: Vec<u64> = [prepared.stdout.as_raw_fd(), prepared.stderr.as_raw_fd()]
         .into_iter()
         .filter_map(pipe_inode)
@@ -245,9 +274,8 @@ pub fn run(a: RunArgs) -> Result<i32, String> {
     };
     let mut code: Option<i32> = child.is_none().then_some(127);
     let mut exited_at = child.is_none().then(Instant::now);
-    let mut publisher = Some(publisher);
+    let mut publisher = publisher;
     let mut delivered = false;
-    let mut failure: Option<(String, bool)> = None;
     let mut seen_signals = 0;
     let mut signal: Option<i32> = None;
     let mut deadline: Option<Instant> = None;

@@ -14,6 +14,7 @@
 //! a container's logs) and exits only at EOF on both pipes.
 
 pub mod lines;
+pub mod rate;
 pub mod sandbox;
 
 use crate::spool::notice::{self, Loss, LossReason};
@@ -27,12 +28,56 @@ use std::path::{Path, PathBuf};
 /// Where the companion reads and writes.
 #[derive(Debug, Clone)]
 pub struct CompanionArgs {
-    pub spool: PathBuf,
+    /// The container's spool directory (None: unspooled, see `unspooled`).
+    pub spool: Option<PathBuf>,
+    /// Set when prepare() could not make the spool: sandbox files only,
+    /// with these settings and this user.
+    pub unspooled: Option<Unspooled>,
     pub sandbox: PathBuf,
     pub stdout_fd: RawFd,
     pub stderr_fd: RawFd,
     /// `cgroup.procs` file to join (systemd slice), if any.
     pub cgroup_procs: Option<PathBuf>,
+}
+
+/// What an unspooled companion needs that `meta.json` would have said.
+#[derive(Debug, Clone)]
+pub struct Unspooled {
+    pub sandbox_max_size: u64,
+    pub sandbox_max_files: u32,
+    pub run_as: Option<crate::privileges::RunAs>,
+}
+
+impl Unspooled {
+    /// As a command-line argument: `size:files:user:uid:gid` (or `-` for
+    /// the user part). User names cannot hold `:`.
+    pub fn to_arg(&self) -> String {
+        let who = match &self.run_as {
+            Some(r) => format!("{}:{}:{}", r.user, r.uid, r.gid),
+            None => "-".into(),
+        };
+        format!("{}:{}:{who}", self.sandbox_max_size, self.sandbox_max_files)
+    }
+
+    pub fn from_arg(s: &str) -> Result<Unspooled, String> {
+        let p: Vec<&str> = s.split(':').collect();
+        let bad = || format!("`{s}` is not size:files:user:uid:gid");
+        let (size, files) = (p.first().ok_or_else(bad)?, p.get(1).ok_or_else(bad)?);
+        let run_as = match p.get(2..) {
+            Some(["-"]) => None,
+            Some([user, uid, gid]) => Some(crate::privileges::RunAs {
+                user: user.to_string(),
+                uid: uid.parse().map_err(|_| bad())?,
+                gid: gid.parse().map_err(|_| bad())?,
+            }),
+            _ => return Err(bad()),
+        };
+        Ok(Unspooled {
+            sandbox_max_size: size.parse().map_err(|_| bad())?,
+            sandbox_max_files: files.parse().map_err(|_| bad())?,
+            run_as,
+        })
+    }
 }
 
 struct Input {
@@ -41,6 +86,11 @@ struct Input {
     sandbox: SandboxFile,
     asm: Assembler,
 }
+
+/// The companion's `oom_score_adj` when started by root (the range is
+/// -1000..1000; tasks start at 0, so under memory pressure the kernel picks
+/// a task first).
+pub const OOM_SCORE_ADJ: &str = "-500";
 
 /// Ignores the signals an agent's death or a terminal would send us.
 pub fn ignore_signals() {
@@ -86,11 +136,28 @@ fn join_cgroup(procs: &Path) {
 }
 
 /// Moves finished records into the spool writer's buffer (written at the
-/// next flush, which also happens once the buffer is large).
-fn hand_over(records: &mut Vec<Record>, writer: Option<&mut SpoolWriter>) {
+/// next flush, which also happens once the buffer is large); records over
+/// the rate limit are recorded as losses instead.
+fn hand_over(
+    records: &mut Vec<Record>,
+    writer: Option<&mut SpoolWriter>,
+    limit: &mut Option<rate::RateLimit>,
+) {
     match writer {
         Some(w) => {
             for r in records.drain(..) {
+                if let Some(l) = limit.as_mut() {
+                    if !l.admit(r.payload.len(), r.ts_micros) {
+                        w.record_loss(Loss {
+                            reason: LossReason::RateLimit,
+                            stream: Some(r.stream),
+                            records: 1,
+                            bytes: r.payload.len() as u64,
+                            seqs: vec![(r.seq, r.seq)],
+                        });
+                        continue;
+                    }
+                }
                 w.append(&r);
             }
             if w.pending_bytes() >= 256 * 1024 {
@@ -107,10 +174,22 @@ pub fn run(args: &CompanionArgs) {
     if let Some(p) = &args.cgroup_procs {
         join_cgroup(p);
     }
-    let meta = ContainerMeta::load(&args.spool);
-    let (settings, mut meta_error) = match &meta {
-        Ok(m) => (m.settings.clone(), None),
-        Err(e) => (
+    let meta = match &args.spool {
+        Some(s) => ContainerMeta::load(s),
+        None => Err("no spool".into()),
+    };
+    let (settings, mut meta_error) = match (&meta, &args.unspooled) {
+        (Ok(m), _) => (m.settings.clone(), None),
+        (Err(_), Some(u)) => (
+            crate::config::ContainerSettings {
+                disable: true,
+                sandbox_max_size: u.sandbox_max_size,
+                sandbox_max_files: u.sandbox_max_files,
+                ..Default::default()
+            },
+            None,
+        ),
+        (Err(e), None) => (
             crate::config::ContainerSettings::default(),
             Some(format!(
                 "started without its metadata ({e}); using defaults"
@@ -125,12 +204,25 @@ pub fn run(args: &CompanionArgs) {
     // borrow our cwd through /proc either. The sandbox path is made
     // absolute first, as the working directory changes.
     let sandbox = std::path::absolute(&args.sandbox).unwrap_or_else(|_| args.sandbox.clone());
-    let data = match std::env::set_current_dir(crate::spool::data_dir(&args.spool)) {
-        Ok(()) => PathBuf::from("."),
-        Err(_) => crate::spool::data_dir(&args.spool),
+    let data = match &args.spool {
+        Some(s) => match std::env::set_current_dir(crate::spool::data_dir(s)) {
+            Ok(()) => PathBuf::from("."),
+            Err(_) => crate::spool::data_dir(s),
+        },
+        None => PathBuf::from("."),
     };
+    // A poor target for the OOM killer (while we may still lower it): its
+    // death would cost the task its logs, and then SIGPIPE.
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        let _ = std::fs::write("/proc/self/oom_score_adj", OOM_SCORE_ADJ);
+    }
     // Before anything in the sandbox or the spool is opened.
-    if let Some(r) = meta.as_ref().ok().and_then(|m| m.run_as.as_ref()) {
+    let run_as = match &meta {
+        Ok(m) => m.run_as.clone(),
+        Err(_) => args.unspooled.as_ref().and_then(|u| u.run_as.clone()),
+    };
+    if let Some(r) = run_as.as_ref() {
         if let Err(e) = crate::privileges::drop_to(r) {
             meta_error = Some(format!(
                 "cannot run as {} ({e}), running as the agent's user",
@@ -159,8 +251,13 @@ pub fn run(args: &CompanionArgs) {
             settings.spool_max_size,
         )
         .ok()
+        .map(|mut w| {
+            w.set_min_free(settings.spool_min_free);
+            w
+        })
     };
     let mut notice_seq = 0u64;
+    let mut limit = rate::RateLimit::new(&settings, now_micros());
     let mut inputs: Vec<Input> = [
         (args.stdout_fd, Stream::Stdout, "stdout"),
         (args.stderr_fd, Stream::Stderr, "stderr"),
@@ -237,7 +334,7 @@ pub fn run(args: &CompanionArgs) {
                     i.asm.feed(chunk, now_micros(), &mut records);
                     // Per chunk, so a burst of short lines never piles up
                     // as thousands of small allocations.
-                    hand_over(&mut records, writer.as_mut());
+                    hand_over(&mut records, writer.as_mut(), &mut limit);
                     if (n as usize) < buf.len() {
                         break;
                     }
@@ -264,7 +361,7 @@ pub fn run(args: &CompanionArgs) {
         for i in inputs.iter_mut() {
             i.asm.tick(now, &mut records);
         }
-        hand_over(&mut records, writer.as_mut());
+        hand_over(&mut records, writer.as_mut(), &mut limit);
         if let Some(w) = writer.as_mut() {
             for (i, input) in inputs.iter().enumerate() {
                 let lost = input.sandbox.lost_bytes;
@@ -296,8 +393,9 @@ pub fn run(args: &CompanionArgs) {
         Some(w) => {
             let _ = w.finish(&mut notice_seq);
         }
-        None => {
+        None if args.spool.is_some() => {
             let _ = crate::spool::mark_done(&data);
         }
+        None => {}
     }
 }

@@ -33,6 +33,10 @@ impl Publisher {
         let Some(c) = self.containers.get_mut(key) else {
             return;
         };
+        if d.ticket.generation == notices::NOTICE_GENERATION {
+            c.notices.delivered(d.ticket.index, d.result.is_ok());
+            return;
+        }
         if d.ticket.generation != c.generation {
             return;
         }
@@ -54,8 +58,13 @@ impl Publisher {
         let cause = self.health.container_error(&k, &topic, &text);
         if cause == Cause::TooLarge && c.encoder.max_bytes() <= MIN_MESSAGE_BYTES {
             // The broker refuses even the floor form: this record is
-            // dropped and counted; the others stay in flight.
+            // dropped, counted and reported; the others stay in flight.
             Metrics::add(&self.metrics.dropped[LossReason::TooLarge as usize], 1);
+            let front = c.inflight.front().map_or(0, |e| e.index);
+            if let Some(e) = c.inflight.get(d.ticket.index.wrapping_sub(front) as usize) {
+                let loss = pump::too_large(e.stream, e.seq, e.payload_len);
+                c.notices.add_loss(loss);
+            }
             mark_acked(c, d.ticket.index);
             return;
         }
@@ -120,6 +129,7 @@ impl Publisher {
             c.held = None;
             c.finished = false;
             c.may_have_data = true;
+            c.notices.resend();
             c.reader.seek(c.acked);
         }
     }
@@ -140,7 +150,8 @@ impl Publisher {
     pub(super) fn store_and_finish(&mut self) {
         let mut done = Vec::new();
         for c in self.containers.values_mut() {
-            let complete = c.finished && c.inflight.is_empty() && c.held.is_none();
+            let complete =
+                c.finished && c.inflight.is_empty() && c.held.is_none() && c.notices.is_empty();
             let due = c.last_store.elapsed() >= CHECKPOINT_EVERY
                 || c.acked_since_store >= CHECKPOINT_RECORDS;
             if c.acked != c.stored && (complete || due) {

@@ -173,7 +173,7 @@ impl Publisher {
             key.to_string(),
             Container {
                 key: key.to_string(),
-                dir,
+                dir: dir.clone(),
                 slot,
                 reader,
                 encoder,
@@ -203,11 +203,49 @@ impl Publisher {
                 }),
                 identity: meta.identity,
                 settings: meta.settings,
+                notices: notices::Notices::load(&dir),
+                companion_gone: false,
+                spool_bytes: 0,
+                size_dirty: true,
             },
         );
         self.metrics
             .containers_active
             .store(self.containers.len() as u64, Ordering::Relaxed);
+    }
+}
+
+impl Publisher {
+    /// Notices companions that died (SIGKILL, the OOM killer) before they
+    /// finished their spool: what they spooled is shipped, the end is
+    /// marked for them (`done`), and the loss is reported, as a notice on
+    /// the container's stream and in the agent log. Without this the
+    /// container would wait for more data forever.
+    pub(super) fn check_companions(&mut self) {
+        for c in self.containers.values_mut() {
+            let data = c.reader.dir().to_path_buf();
+            if c.companion_gone || data.join(crate::spool::DONE_FILE).exists() {
+                continue;
+            }
+            if crate::spool::companion_alive(&data) != Some(false) {
+                continue;
+            }
+            // It may have finished between the two looks.
+            if data.join(crate::spool::DONE_FILE).exists() {
+                continue;
+            }
+            c.companion_gone = true;
+            Metrics::add(&self.metrics.companions_died, 1);
+            let _ = crate::spool::mark_done(&data);
+            c.may_have_data = true;
+            let k = c.key.clone();
+            let text = format!(
+                "mesos-gelf: the companion of container {k} (the process that writes its sandbox files and spool) died before the container's output ended; what it had spooled is shipped, anything the task wrote after that was lost, and the task got SIGPIPE (EPIPE) at its next write"
+            );
+            self.health
+                .warn(&format!("{k}\0companion-died"), || text.clone());
+            c.notices.add_text(text);
+        }
     }
 }
 

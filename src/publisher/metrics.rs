@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 
 /// Names of the plain metrics (see README's metric table).
-const BASE_NAMES: [&str; 14] = [
+const BASE_NAMES: [&str; 17] = [
     "records_published",
     "bytes_published",
     "records_in_flight",
@@ -30,6 +30,9 @@ const BASE_NAMES: [&str; 14] = [
     "companions_running",
     "kafka_reachable",
     "publisher_active",
+    "companions_died",
+    "publisher_restarts",
+    "containers_unspooled",
 ];
 
 #[derive(Default)]
@@ -56,6 +59,13 @@ pub struct Metrics {
     pub containers_finished: AtomicU64,
     /// Companion processes running for the adopted containers.
     pub companions_running: AtomicU64,
+    /// Companions that died before their container's output ended.
+    pub companions_died: AtomicU64,
+    /// Times the publisher thread panicked and was restarted.
+    pub publisher_restarts: AtomicU64,
+    /// Containers started without a spool (it could not be created):
+    /// sandbox files only.
+    pub containers_unspooled: AtomicU64,
     pub spool_bytes_pending: AtomicU64,
     pub oldest_pending_age_ms: AtomicU64,
     /// 1 while deliveries succeed (see `health`), 0 otherwise.
@@ -91,6 +101,9 @@ impl Metrics {
             &self.companions_running,
             &self.kafka_reachable,
             &self.publisher_active,
+            &self.companions_died,
+            &self.publisher_restarts,
+            &self.containers_unspooled,
         ]
     }
 

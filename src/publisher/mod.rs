@@ -17,9 +17,11 @@
 
 mod ack;
 mod adopt;
+mod budget;
 pub mod health;
 pub mod kafka;
 pub mod metrics;
+mod notices;
 mod pump;
 pub mod sink;
 pub mod watch;
@@ -60,6 +62,7 @@ pub fn sink_factory(config: &Config) -> SinkFactory {
 }
 
 /// How a publisher runs.
+#[derive(Clone)]
 pub struct Options {
     pub spool_dir: PathBuf,
     /// Return once no container is left in the spool (run, tests). May be
@@ -74,6 +77,8 @@ pub struct Options {
     /// authentication, authorization, invalid topic). A closed destination
     /// ends it at once. None: never (the agent retries forever).
     pub give_up_after: Option<Duration>,
+    /// Notices for containers without a spool (see `Logger::prepare`).
+    pub orphans: Arc<std::sync::Mutex<Vec<crate::logger::Orphan>>>,
 }
 
 impl Options {
@@ -85,6 +90,7 @@ impl Options {
             stop,
             wait_for_lock: true,
             give_up_after: None,
+            orphans: Default::default(),
         }
     }
 }
@@ -109,6 +115,9 @@ struct InFlight {
     ts_micros: i64,
     bytes: usize,
     acked: bool,
+    stream: Stream,
+    seq: u64,
+    payload_len: usize,
 }
 
 struct Container {
@@ -146,6 +155,13 @@ struct Container {
     nested: Option<NestedWait>,
     identity: crate::metadata::Identity,
     settings: crate::config::ContainerSettings,
+    /// Losses on the publisher's side, reported on the container's stream.
+    notices: notices::Notices,
+    /// Spool bytes on disk (refreshed when the directory changes).
+    spool_bytes: u64,
+    size_dirty: bool,
+    /// Its companion died before finishing (reported once).
+    companion_gone: bool,
 }
 
 struct NestedWait {
@@ -280,17 +296,20 @@ impl Publisher {
         let mut deliveries = Vec::new();
         let mut last_rescan = Instant::now();
         let mut last_metrics = Instant::now();
+        let mut last_budget = Instant::now();
         let mut result = Ok(());
         loop {
             if self.stopping() {
                 break;
             }
+            crate::fault::hit("publisher");
             for e in events.drain(..) {
                 match e {
                     Event::Root | Event::Overflow => self.scan_root(),
                     Event::Container(k) => {
                         if let Some(c) = self.containers.get_mut(&k) {
                             c.may_have_data = true;
+                            c.size_dirty = true;
                         } else if self.unready.contains_key(&k) {
                             self.try_adopt(&k);
                         }
@@ -300,11 +319,17 @@ impl Publisher {
             if last_rescan.elapsed() >= RESCAN_EVERY {
                 last_rescan = Instant::now();
                 self.scan_root();
+                self.check_companions();
                 self.update_pending_metrics();
             }
             if let Some(f) = self.sink.fatal() {
                 self.rebuild_sink(&f);
             }
+            if last_budget.elapsed() >= budget::CHECK_EVERY {
+                last_budget = Instant::now();
+                self.enforce_budget();
+            }
+            self.send_orphans();
             let progress = self.pump_all();
             // Never a blocking poll: rust-rdkafka's BaseProducer::poll spins
             // on the clock until its timeout (seen at ~10% of a core while
@@ -360,6 +385,46 @@ impl Publisher {
         self.update_pending_metrics();
         self.write_metrics();
         result
+    }
+
+    /// Sends the notices of containers that started without a spool.
+    fn send_orphans(&mut self) {
+        let batch = match self.opts.orphans.try_lock() {
+            Ok(mut v) if !v.is_empty() => std::mem::take(&mut *v),
+            _ => return,
+        };
+        let mut again = Vec::new();
+        for o in batch {
+            let enc = Encoder::new(&self.config, &o.identity, &o.settings);
+            let mut rec = crate::spool::notice::record(1, o.text.clone(), None, &[]);
+            rec.stream = Stream::PublisherNotice;
+            self.scratch.clear();
+            enc.encode(&rec, &mut self.scratch);
+            let ticket = Ticket {
+                container: 0,
+                generation: notices::NOTICE_GENERATION,
+                index: 0,
+                pos: Position::default(),
+                bytes: self.scratch.len(),
+            };
+            match self.sink.send(
+                &o.settings.topic,
+                o.identity.container_id.as_bytes(),
+                &self.scratch,
+                ticket,
+            ) {
+                Ok(()) => {
+                    self.in_flight_bytes += ticket.bytes;
+                    self.in_flight_msgs += 1;
+                }
+                Err(_) => again.push(o),
+            }
+        }
+        if !again.is_empty() {
+            if let Ok(mut v) = self.opts.orphans.lock() {
+                v.extend(again);
+            }
+        }
     }
 
     /// With `give_up_after`: why to stop waiting, if every container left
@@ -454,6 +519,84 @@ impl Publisher {
     }
 }
 
+/// Sleeps `d` in short steps; false if `stop` was set meanwhile.
+fn nap(d: Duration, stop: &AtomicBool) -> bool {
+    let t0 = Instant::now();
+    while t0.elapsed() < d {
+        if stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    !stop.load(Ordering::Relaxed)
+}
+
+/// The publisher thread: runs a publisher, and if it panics (a bug of
+/// ours), logs it, counts it (`publisher_restarts`) and starts a new one
+/// from the spool after a backoff (1 s doubling to 60 s), so one bug never
+/// ends shipping for every container until the agent restarts.
+fn supervise(
+    config: Arc<Config>,
+    opts: Options,
+    metrics: Arc<Metrics>,
+    mut next: Option<Publisher>,
+) -> Result<(), String> {
+    let mut backoff = Duration::from_secs(1);
+    let mut limiter = log::Limiter::new(health::REPEAT_EVERY);
+    loop {
+        if opts.stop.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let mut p = match next.take() {
+            Some(p) => p,
+            None => match Publisher::new(
+                config.clone(),
+                opts.clone(),
+                sink_factory(&config),
+                metrics.clone(),
+            ) {
+                Ok(p) => p,
+                Err(e) => {
+                    limiter.emit(log::Level::Error, "new", || {
+                        format!("cannot start the publisher: {e}; retrying")
+                    });
+                    if !nap(backoff, &opts.stop) {
+                        return Ok(());
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    continue;
+                }
+            },
+        };
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| p.run()));
+        metrics.publisher_active.store(0, Ordering::Relaxed);
+        drop(p);
+        match r {
+            Ok(result) => return result,
+            Err(panic) => {
+                Metrics::add(&metrics.publisher_restarts, 1);
+                log::error(&format!(
+                    "the publisher failed (panic: {}); restarting it from the spool in {} s (a bug: please report it)",
+                    panic_text(&panic),
+                    backoff.as_secs()
+                ));
+                if !nap(backoff, &opts.stop) {
+                    return Ok(());
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+/// A panic's message.
+pub fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown".into())
+}
+
 /// A publisher running on its own thread (the agent module, `run`).
 pub struct Handle {
     pub stop: Arc<AtomicBool>,
@@ -463,16 +606,35 @@ pub struct Handle {
 }
 
 impl Handle {
+    /// Starts the publisher thread. In the agent (`wait_for_lock`) a
+    /// publisher that cannot start yet (spool directory not writable) is
+    /// retried in the thread, with backoff, and the agent starts anyway;
+    /// elsewhere that error is returned.
     pub fn spawn(
         config: Arc<Config>,
         opts: Options,
         metrics: Arc<Metrics>,
     ) -> Result<Handle, String> {
         let (stop, exit_when_empty) = (opts.stop.clone(), opts.exit_when_empty.clone());
-        let mut p = Publisher::new(config.clone(), opts, sink_factory(&config), metrics.clone())?;
+        let first = match Publisher::new(
+            config.clone(),
+            opts.clone(),
+            sink_factory(&config),
+            metrics.clone(),
+        ) {
+            Ok(p) => Some(p),
+            Err(e) if opts.wait_for_lock => {
+                log::error(&format!(
+                    "{e}; containers start with their sandbox files only until the spool works (retrying)"
+                ));
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        let m = metrics.clone();
         let thread = std::thread::Builder::new()
             .name("mesos-gelf-publisher".into())
-            .spawn(move || p.run())
+            .spawn(move || supervise(config, opts, m, first))
             .map_err(|e| format!("cannot start the publisher thread: {e}"))?;
         Ok(Handle {
             stop,

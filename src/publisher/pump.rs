@@ -45,6 +45,29 @@ impl Publisher {
         if !settle_nested(&self.config, &mut self.health, c) {
             return Ok(0);
         }
+        // The publisher's own notices first (rare; outside the in-order
+        // acknowledgement of the spool's records).
+        for n in c.notices.due() {
+            self.scratch.clear();
+            if c.encoder.encode(&n, &mut self.scratch) == Fit::Over {
+                c.notices.delivered(n.seq, true);
+                continue;
+            }
+            let ticket = Ticket {
+                container: c.slot,
+                generation: notices::NOTICE_GENERATION,
+                index: n.seq,
+                pos: Position::default(),
+                bytes: self.scratch.len(),
+            };
+            match self.sink.send(&c.topic, &c.msg_key, &self.scratch, ticket) {
+                Ok(()) => {
+                    self.in_flight_bytes += ticket.bytes;
+                    self.in_flight_msgs += 1;
+                }
+                Err(_) => c.notices.delivered(n.seq, false),
+            }
+        }
         c.retry_at = None;
         c.last_try = now;
         // One container may take at most half the window, so another one
@@ -127,6 +150,9 @@ impl Publisher {
                         ts_micros: rec.ts_micros,
                         bytes: ticket.bytes,
                         acked: false,
+                        stream: rec.stream,
+                        seq: rec.seq,
+                        payload_len: rec.payload.len(),
                     });
                     c.inflight_bytes += ticket.bytes;
                     self.in_flight_bytes += ticket.bytes;
@@ -248,8 +274,9 @@ fn settle_nested(config: &Config, health: &mut Health, c: &mut Container) -> boo
     true
 }
 
-/// Gives up on one record that no limit can fit: counted, logged (limited),
-/// and acknowledged in order so the container moves on.
+/// Gives up on one record that no limit can fit: counted, reported by a
+/// notice, logged (limited), and acknowledged in order so the container
+/// moves on.
 fn drop_record(
     metrics: &Metrics,
     health: &mut Health,
@@ -259,6 +286,8 @@ fn drop_record(
     why: &str,
 ) {
     Metrics::add(&metrics.dropped[LossReason::TooLarge as usize], 1);
+    c.notices
+        .add_loss(too_large(rec.stream, rec.seq, rec.payload.len()));
     let (k, stream, seq, n) = (c.key.clone(), rec.stream.name(), rec.seq, rec.payload.len());
     health.warn(&format!("{k}\0dropped-too-large"), || {
         format!(
@@ -276,6 +305,9 @@ fn drop_record(
             ts_micros: rec.ts_micros,
             bytes: 0,
             acked: true,
+            stream: rec.stream,
+            seq: rec.seq,
+            payload_len: rec.payload.len(),
         });
     }
 }
@@ -289,5 +321,16 @@ fn count_losses(metrics: &Metrics, seen: &mut [u64], payload: &[u8]) {
             Metrics::add(&metrics.dropped[i], total - seen[i]);
             seen[i] = total;
         }
+    }
+}
+
+/// The loss of one record too large for any limit.
+pub(super) fn too_large(stream: Stream, seq: u64, len: usize) -> crate::spool::notice::Loss {
+    crate::spool::notice::Loss {
+        reason: LossReason::TooLarge,
+        stream: Some(stream),
+        records: 1,
+        bytes: len as u64,
+        seqs: vec![(seq, seq)],
     }
 }

@@ -37,6 +37,10 @@ impl ContainerMeta {
                 "sandbox_max_files": s.sandbox_max_files,
                 "spool_max_size": s.spool_max_size,
                 "spool_segment_size": s.spool_segment_size,
+                "spool_min_free": s.spool_min_free.text(),
+                "rate_limit_lines": s.rate_limit_lines,
+                "rate_limit_bytes": s.rate_limit_bytes,
+                "rate_limit_burst": s.rate_limit_burst,
             }
         })
     }
@@ -68,6 +72,14 @@ impl ContainerMeta {
             sandbox_max_files: u("sandbox_max_files", d.sandbox_max_files as u64) as u32,
             spool_max_size: u("spool_max_size", d.spool_max_size),
             spool_segment_size: u("spool_segment_size", d.spool_segment_size),
+            spool_min_free: s
+                .get("spool_min_free")
+                .and_then(Value::as_str)
+                .and_then(|t| crate::config::MinFree::parse(t).ok())
+                .unwrap_or(d.spool_min_free),
+            rate_limit_lines: u("rate_limit_lines", d.rate_limit_lines),
+            rate_limit_bytes: u("rate_limit_bytes", d.rate_limit_bytes),
+            rate_limit_burst: u("rate_limit_burst", d.rate_limit_burst).max(1),
         };
         let run_as = v.get("run_as").and_then(RunAs::from_json);
         Ok(ContainerMeta {

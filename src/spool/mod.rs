@@ -93,6 +93,19 @@ pub const META_FILE: &str = "meta.json";
 /// place once whole).
 pub const PREPARING_PREFIX: &str = ".prep-";
 pub const DONE_FILE: &str = "done";
+/// Held (flock) by the companion for as long as it lives.
+pub const COMPANION_LOCK: &str = "companion.lock";
+
+/// Whether the companion writing `data` is alive: Some(false) once its
+/// lock can be taken (it died, by any means), None when there is no lock
+/// (a spool from an older version: unknown).
+pub fn companion_alive(data: &Path) -> Option<bool> {
+    use std::os::fd::AsRawFd;
+    let f = open_untrusted(&data.join(COMPANION_LOCK)).ok()?;
+    // SAFETY: flock on our own fd; closing the file releases it.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
+    Some(r != 0)
+}
 pub const CHECKPOINT_FILE: &str = "checkpoint";
 
 /// The directory name for a container id.

@@ -36,15 +36,24 @@ pub enum LossReason {
     TooLarge,
     /// A torn or corrupt spool frame skipped by the publisher.
     Torn,
+    /// Over the container's `rate_limit_lines` / `rate_limit_bytes` (still
+    /// in the sandbox files).
+    RateLimit,
+    /// Dropped by the publisher to keep the agent-wide spool budget
+    /// (`spool_max_total_size`, `spool_min_free`), or by the companion when
+    /// the spool filesystem reached `spool_min_free`.
+    Budget,
 }
 
 impl LossReason {
-    pub const ALL: [LossReason; 5] = [
+    pub const ALL: [LossReason; 7] = [
         LossReason::SpoolCap,
         LossReason::SpoolWrite,
         LossReason::SandboxWrite,
         LossReason::TooLarge,
         LossReason::Torn,
+        LossReason::RateLimit,
+        LossReason::Budget,
     ];
 
     pub fn name(self) -> &'static str {
@@ -54,6 +63,8 @@ impl LossReason {
             LossReason::SandboxWrite => "sandbox_write",
             LossReason::TooLarge => "too_large",
             LossReason::Torn => "torn",
+            LossReason::RateLimit => "rate_limit",
+            LossReason::Budget => "budget",
         }
     }
 
@@ -157,6 +168,7 @@ pub fn loss_of(payload: &[u8]) -> Option<Loss> {
         Some("stdout") => Some(Stream::Stdout),
         Some("stderr") => Some(Stream::Stderr),
         Some("mesos-gelf") => Some(Stream::Notice),
+        Some("mesos-gelf-publisher") => Some(Stream::PublisherNotice),
         _ => None,
     };
     let mut l = Loss {

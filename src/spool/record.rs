@@ -7,6 +7,9 @@ pub enum Stream {
     Stderr = 2,
     /// Written by mesos-gelf itself (drops, losses), not by the container.
     Notice = 3,
+    /// Written by the publisher (never in a spool frame): losses on its
+    /// side (see `publisher::notices`).
+    PublisherNotice = 4,
 }
 
 impl Stream {
@@ -23,6 +26,7 @@ impl Stream {
             Stream::Stdout => "stdout",
             Stream::Stderr => "stderr",
             Stream::Notice => "mesos-gelf",
+            Stream::PublisherNotice => "mesos-gelf-publisher",
         }
     }
 }

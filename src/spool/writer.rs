@@ -47,9 +47,10 @@ impl Span {
     }
 }
 
-/// Index of a stream in per-stream arrays.
+/// Index of a stream in per-stream arrays (publisher notices never reach
+/// a spool; they would count as notices).
 fn slot(s: Stream) -> usize {
-    s as usize - 1
+    (s as usize - 1).min(2)
 }
 
 /// One segment this writer created and may still have to drop.
@@ -108,6 +109,20 @@ pub struct SpoolWriter {
     pub last_error: Option<String>,
     /// Why the sandbox files could not be written (for the notice).
     pub sandbox_error: Option<String>,
+    min_free: Option<crate::config::MinFree>,
+}
+
+/// (available bytes, size) of the filesystem holding `dir`.
+pub fn fs_space(dir: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs into a zeroed struct with a valid path.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    let f = st.f_frsize as u64;
+    Some((st.f_bavail as u64 * f, st.f_blocks as u64 * f))
 }
 
 impl SpoolWriter {
@@ -129,6 +144,7 @@ impl SpoolWriter {
             last_notice: None,
             last_error: None,
             sandbox_error: None,
+            min_free: None,
         })
     }
 
@@ -265,6 +281,7 @@ impl SpoolWriter {
             // new one, so every segment's `_seq` ranges stay exact.
             self.file = None;
         }
+        self.keep_min_free();
         let mut off = 0;
         while off < self.pending.len() {
             let in_current = match (&self.file, self.segments.back()) {
@@ -317,6 +334,58 @@ impl SpoolWriter {
             off = end;
         }
         self.pending.clear();
+    }
+
+    /// Keeps `spool_min_free` on the spool filesystem: before writing, our
+    /// own oldest closed segments go, then, if that is not enough, the
+    /// oldest of the frames in hand (both reported as `budget` losses). The
+    /// publisher keeps the floor fairly (largest container first); this is
+    /// the backstop for a burst between its checks.
+    fn keep_min_free(&mut self) {
+        let Some(mf) = self.min_free else {
+            return;
+        };
+        let Some((mut avail, size)) = fs_space(&self.dir) else {
+            return;
+        };
+        let floor = mf.bytes(size);
+        let need = self.pending.len() as u64 + MAGIC.len() as u64;
+        if avail >= floor + need {
+            return;
+        }
+        self.segments
+            .retain(|s| segment_path(&self.dir, s.index).exists());
+        let open = usize::from(self.file.is_some());
+        while avail < floor + need && self.segments.len() > open {
+            let s = self.segments.pop_front().expect("segment");
+            if std::fs::remove_file(segment_path(&self.dir, s.index)).is_ok() {
+                avail += s.bytes;
+                self.lose_spans(LossReason::Budget, &s.spans);
+                for l in s.notices {
+                    self.requeue(l);
+                }
+            }
+        }
+        if avail >= floor + need {
+            return;
+        }
+        let room = avail.saturating_sub(floor + MAGIC.len() as u64);
+        let total = self.pending.len();
+        let mut cut = 0;
+        for (len, _, _) in frames(&self.pending) {
+            if ((total - cut) as u64) <= room {
+                break;
+            }
+            cut += len;
+        }
+        self.lose_frames(LossReason::Budget, 0, cut);
+        self.pending.drain(..cut);
+        self.file = None;
+    }
+
+    /// Keeps `spool_min_free` free on the spool's filesystem from now on.
+    pub fn set_min_free(&mut self, m: crate::config::MinFree) {
+        self.min_free = Some(m);
     }
 
     /// The frames from `from` on could not be written.
@@ -389,6 +458,14 @@ impl SpoolWriter {
                 l.records,
                 l.bytes,
                 self.last_error.as_deref().unwrap_or("write error")
+            ),
+            LossReason::Budget => format!(
+                "mesos-gelf dropped {} {stream} records{range}, {} bytes, oldest first: the spool filesystem reached its minimum free space",
+                l.records, l.bytes
+            ),
+            LossReason::RateLimit => format!(
+                "mesos-gelf did not ship {} {stream} records{range}, {} bytes: over this container's rate limit (they are in the sandbox files)",
+                l.records, l.bytes
             ),
             LossReason::SandboxWrite => format!(
                 "mesos-gelf could not write {} bytes of {stream} to the sandbox files ({}); those lines are still shipped",

@@ -1,0 +1,145 @@
+//! The agent-wide spool budget: `spool_max_total_size` for all spools
+//! together, and `spool_min_free` on the spool's filesystem.
+//!
+//! Who enforces it: the publisher, because only it sees every container
+//! (the spool root is root's; a companion sees only its own `data/`), so
+//! only it can be fair: over budget, it drops the oldest unsent segment of
+//! the container that holds the most, again until the budget holds, and a
+//! quiet task's logs survive a noisy neighbour. It never blocks a
+//! companion: it only deletes whole closed segments that it has not started
+//! to read. Each companion also keeps `spool_min_free` itself before every
+//! write (see `SpoolWriter`), the backstop for a burst between two of the
+//! publisher's checks (every [`CHECK_EVERY`]).
+//!
+//! Every drop is reported: the segment is read first, and its records'
+//! exact `_seq` ranges go into a `budget` notice on the container's stream
+//! (see `notices`); the notices it held are reported again.
+
+use super::*;
+use crate::spool::notice::{Loss, LossReason};
+use crate::spool::writer::fs_space;
+
+/// How often sizes and free space are checked.
+pub const CHECK_EVERY: Duration = Duration::from_millis(200);
+/// Drops start at this share of `spool_max_total_size` (and as far above
+/// `spool_min_free`), so that what companions write between two checks
+/// fits in the rest: the budget holds unless they write more than a tenth
+/// of it in [`CHECK_EVERY`].
+const START_AT: f64 = 0.9;
+/// ... and go on down to this share (fewer, larger passes).
+const DOWN_TO: f64 = 0.85;
+
+impl Publisher {
+    pub(super) fn enforce_budget(&mut self) {
+        for c in self.containers.values_mut() {
+            if std::mem::take(&mut c.size_dirty) {
+                c.spool_bytes = spool_bytes(c.reader.dir());
+            }
+        }
+        let total: u64 = self.containers.values().map(|c| c.spool_bytes).sum();
+        let (avail, fs_size) = fs_space(&self.opts.spool_dir).unwrap_or((u64::MAX, 0));
+        let floor = self.config.defaults.spool_min_free.bytes(fs_size);
+        let max_total = self.config.spool_max_total_size as f64;
+        let headroom = (max_total * (1.0 - START_AT)) as u64;
+        if total as f64 <= max_total * START_AT && avail >= floor + headroom {
+            return;
+        }
+        let mut need = total
+            .saturating_sub((max_total * DOWN_TO) as u64)
+            .max((floor + 2 * headroom).saturating_sub(avail));
+        while need > 0 {
+            // The container that holds the most and has something to drop.
+            let mut order: Vec<(u64, String)> = self
+                .containers
+                .values()
+                .map(|c| (c.spool_bytes, c.key.clone()))
+                .collect();
+            order.sort_unstable_by(|a, b| b.cmp(a));
+            let victim = order.into_iter().find_map(|(_, k)| {
+                let c = &self.containers[&k];
+                droppable(c).map(|s| (k, s))
+            });
+            let Some((key, seg)) = victim else {
+                let (t, a) = (total, avail);
+                self.health.warn("budget\0stuck", || {
+                    format!(
+                        "spool over its budget ({} MB in spools, {} MB free) but nothing more can be dropped (only data being read or written)",
+                        t >> 20,
+                        a >> 20
+                    )
+                });
+                return;
+            };
+            let freed = self.drop_segment(&key, seg, total, avail);
+            need = need.saturating_sub(freed.max(1));
+        }
+    }
+
+    /// Drops one segment of `key` for the budget; returns its size.
+    fn drop_segment(&mut self, key: &str, seg: u64, total: u64, avail: u64) -> u64 {
+        let c = self.containers.get_mut(key).expect("container");
+        let path = segment_path(c.reader.dir(), seg);
+        let summary = crate::spool::reader::summarize_segment(&path);
+        let size = std::fs::symlink_metadata(&path)
+            .map(|m| m.len())
+            .unwrap_or(0);
+        if std::fs::remove_file(&path).is_err() {
+            c.size_dirty = true;
+            return size;
+        }
+        c.spool_bytes = c.spool_bytes.saturating_sub(size);
+        let mut records = 0;
+        for (stream, span) in summary.spans {
+            records += span.records;
+            c.notices.add_loss(Loss {
+                reason: LossReason::Budget,
+                stream: Some(stream),
+                records: span.records,
+                bytes: span.bytes,
+                seqs: span.ranges,
+            });
+        }
+        for l in summary.notices {
+            // What a dropped companion notice said is reported again.
+            c.notices.add_loss(l);
+        }
+        Metrics::add(&self.metrics.dropped[LossReason::Budget as usize], records);
+        let held = c.spool_bytes + size;
+        self.health.warn(&format!("{key}\0budget"), || {
+            format!(
+                "spool budget: dropped {records} records ({} KB) of container {key}, the one holding the most ({} MB of {} MB in spools; {} MB free)",
+                size >> 10,
+                held >> 20,
+                total >> 20,
+                avail >> 20
+            )
+        });
+        size
+    }
+}
+
+/// Bytes of a container's segments on disk.
+fn spool_bytes(data: &Path) -> u64 {
+    list_segments(data)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|s| {
+            std::fs::symlink_metadata(segment_path(data, s))
+                .map(|m| m.len())
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
+/// The oldest segment of `c` the budget may drop: after the one being read
+/// (nothing in flight comes from it), and not the one its live companion
+/// is writing.
+fn droppable(c: &Container) -> Option<u64> {
+    let dir = c.reader.dir();
+    let segs = list_segments(dir).ok()?;
+    let reading = c.reader.position().segment.max(c.acked.segment);
+    let live = !dir.join(crate::spool::DONE_FILE).exists();
+    let newest = *segs.last()?;
+    segs.into_iter()
+        .find(|&s| s > reading && !(live && s == newest))
+}
