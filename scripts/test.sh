@@ -12,13 +12,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 TANSU_BIN=$(scripts/setup.sh | tail -n 1)
 export TANSU_BIN
-features=()
+features=(--features fault-injection)
 lab=${MESOS_LAB:-$HOME/mesos-lab}
 if [ -x "$lab/bin/mesos-agent" ] && [ -f "$lab/mesos-flags.sh" ]; then
   export MESOS_LAB=$lab
   # shellcheck disable=SC1091
   . "$lab/mesos-flags.sh"
-  features=(--features mesos)
+  features+=(--features mesos)
   echo "agent tests: against the Mesos lab in $MESOS_LAB"
 else
   unset MESOS_LAB

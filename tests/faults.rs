@@ -7,57 +7,17 @@
 
 mod support;
 
+use support::Tmpfs;
+
 use mesos_gelf_logger::config::ContainerSettings;
 use mesos_gelf_logger::metadata::Identity;
 use mesos_gelf_logger::spool::record::Stream;
 use mesos_gelf_logger::spool::{ContainerMeta, Next, Position, Record, SpoolReader};
 use serde_json::Value;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-/// A tmpfs of `kb` KiB mounted for the test's lifetime.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path, kb: u64) -> Tmpfs {
-        std::fs::create_dir_all(dir).unwrap();
-        let st = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={kb}k"), "tmpfs"])
-            .arg(dir)
-            .status()
-            .expect("mount");
-        assert!(
-            st.success(),
-            "mounting a tmpfs needs root (CI runs as root)"
-        );
-        Tmpfs(dir.to_path_buf())
-    }
-
-    /// Fills the filesystem but for about `leave` bytes.
-    fn fill(&self, leave: u64) -> PathBuf {
-        let ballast = self.0.join("ballast");
-        let mut f = std::fs::File::create(&ballast).unwrap();
-        let chunk = vec![0u8; 4096];
-        while f.write_all(&chunk).is_ok() {}
-        drop(f);
-        let len = std::fs::metadata(&ballast).unwrap().len();
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&ballast)
-            .unwrap()
-            .set_len(len.saturating_sub(leave))
-            .unwrap();
-        ballast
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
 
 fn read_all(dir: &Path) -> Vec<Record> {
     let mut r = SpoolReader::at(dir, Position::default());

@@ -71,9 +71,6 @@ pub struct KafkaSink {
     producer: BaseProducer<Ctx>,
     deliveries: Receiver<Delivery>,
     errors: Receiver<String>,
-    /// Errors read during the start-up check, still to be reported.
-    stashed: Vec<String>,
-    servers: String,
 }
 
 /// The full librdkafka configuration: our defaults, then the operator's.
@@ -92,9 +89,8 @@ impl KafkaSink {
     /// Builds the producer. Unknown or invalid properties fail here, with
     /// librdkafka's message naming the property.
     pub fn new(props: &BTreeMap<String, String>) -> Result<KafkaSink, String> {
-        let servers = props
+        props
             .get("bootstrap.servers")
-            .cloned()
             .ok_or("parameter `kafka.bootstrap.servers` is required for the Kafka sink")?;
         let (dtx, drx) = unbounded();
         let (etx, erx) = unbounded();
@@ -108,8 +104,6 @@ impl KafkaSink {
             producer,
             deliveries: drx,
             errors: erx,
-            stashed: Vec::new(),
-            servers,
         })
     }
 }
@@ -156,34 +150,7 @@ impl Sink for KafkaSink {
     }
 
     fn take_errors(&mut self) -> Vec<String> {
-        let mut v = std::mem::take(&mut self.stashed);
-        v.extend(self.errors.try_iter());
-        v
-    }
-
-    /// Asks for metadata once. On failure the error names librdkafka's own
-    /// cause when it gave one (TLS verification, SASL ...), not only "no
-    /// metadata": the callbacks are served first to collect it.
-    fn startup_check(&mut self) -> Result<(), String> {
-        let r = self
-            .producer
-            .client()
-            .fetch_metadata(None, Duration::from_secs(5));
-        let Err(e) = r else {
-            return Ok(());
-        };
-        self.producer.poll(Duration::ZERO);
-        self.stashed.extend(self.errors.try_iter());
-        let specific = self
-            .stashed
-            .iter()
-            .rev()
-            .find(|m| super::health::Cause::classify(m) != super::health::Cause::Transport)
-            .or(self.stashed.last());
-        Err(match specific {
-            Some(m) => format!("{m} (no metadata from {} within 5 s: {e})", self.servers),
-            None => format!("no metadata from {} within 5 s ({e})", self.servers),
-        })
+        self.errors.try_iter().collect()
     }
 }
 

@@ -189,6 +189,8 @@ pub struct Publisher {
     metrics: Arc<Metrics>,
     health: Health,
     lock: Option<SpoolLock>,
+    /// Publishing without the lock (it could not be made).
+    unlocked: bool,
     in_flight_bytes: usize,
     in_flight_msgs: u64,
     /// Since when records have been in flight without any delivery.
@@ -209,17 +211,28 @@ impl Publisher {
     ) -> Result<Publisher, String> {
         std::fs::create_dir_all(&opts.spool_dir)
             .map_err(|e| format!("cannot create spool_dir {}: {e}", opts.spool_dir.display()))?;
+        let mut unlocked = false;
         let lock = match SpoolLock::acquire(&opts.spool_dir) {
             Ok(l) => Some(l),
             Err(LockError::Held(_)) if opts.wait_for_lock => None,
-            Err(e) => return Err(e.describe(&opts.spool_dir)),
+            Err(e @ LockError::Held(_)) => return Err(e.describe(&opts.spool_dir)),
+            // The lock file cannot be made (spool filesystem full or read
+            // only): shipping what is spooled matters more, and frees space.
+            Err(e) => {
+                log::error(&format!(
+                    "{}; publishing without the lock",
+                    e.describe(&opts.spool_dir)
+                ));
+                unlocked = true;
+                None
+            }
         };
         let watcher = Watcher::new(&opts.spool_dir)
             .map_err(|e| format!("cannot watch spool_dir {}: {e}", opts.spool_dir.display()))?;
         let sink = make_sink()?;
         metrics
             .publisher_active
-            .store(u64::from(lock.is_some()), Ordering::Relaxed);
+            .store(u64::from(lock.is_some() || unlocked), Ordering::Relaxed);
         Ok(Publisher {
             config,
             opts,
@@ -234,6 +247,7 @@ impl Publisher {
             health: Health::new(metrics.clone()),
             metrics,
             lock,
+            unlocked,
             in_flight_bytes: 0,
             in_flight_msgs: 0,
             stall_since: None,
@@ -250,7 +264,7 @@ impl Publisher {
     /// mode); false when stopped first.
     fn wait_for_lock(&mut self) -> bool {
         let mut since: Option<Instant> = None;
-        while self.lock.is_none() {
+        while self.lock.is_none() && !self.unlocked {
             match SpoolLock::acquire(&self.opts.spool_dir) {
                 Ok(l) => {
                     if let Some(t) = since {
@@ -288,9 +302,9 @@ impl Publisher {
         if !self.wait_for_lock() {
             return Ok(());
         }
-        if let Err(e) = self.sink.startup_check() {
-            self.health.client_error(&e);
-        }
+        // No blocking start-up check: the producer connects at once and
+        // reports what fails through its error callback (`check_errors`),
+        // while this loop already spools, enforces the budget and watches.
         self.scan_root();
         let mut events = Vec::new();
         let mut deliveries = Vec::new();

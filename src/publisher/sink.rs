@@ -61,10 +61,6 @@ pub trait Sink: Send {
     fn fatal(&self) -> Option<String> {
         None
     }
-    /// Checks the destination once at start; an error is reported, not fatal.
-    fn startup_check(&mut self) -> Result<(), String> {
-        Ok(())
-    }
     /// Errors the client reported since the last call (connection state).
     fn take_errors(&mut self) -> Vec<String> {
         Vec::new()

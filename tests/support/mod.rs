@@ -576,3 +576,51 @@ pub fn stdout_seqs(msgs: &[Consumed]) -> std::collections::BTreeMap<String, Vec<
     }
     out
 }
+
+/// A tmpfs of `kb` KiB mounted for the test's lifetime.
+pub struct Tmpfs(pub PathBuf);
+
+impl Tmpfs {
+    pub fn mount(dir: &Path, kb: u64) -> Tmpfs {
+        Tmpfs::mount_with(dir, &format!("size={kb}k"))
+    }
+
+    /// With mount options (`size=..,ro` ...).
+    pub fn mount_with(dir: &Path, opts: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", opts, "tmpfs"])
+            .arg(dir)
+            .status()
+            .expect("mount");
+        assert!(
+            st.success(),
+            "mounting a tmpfs needs root (CI runs as root)"
+        );
+        Tmpfs(dir.to_path_buf())
+    }
+
+    /// Fills the filesystem but for about `leave` bytes.
+    pub fn fill(&self, leave: u64) -> PathBuf {
+        let ballast = self.0.join("ballast");
+        use std::io::Write;
+        let mut f = std::fs::File::create(&ballast).unwrap();
+        let chunk = vec![0u8; 4096];
+        while f.write_all(&chunk).is_ok() {}
+        drop(f);
+        let len = std::fs::metadata(&ballast).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&ballast)
+            .unwrap()
+            .set_len(len.saturating_sub(leave))
+            .unwrap();
+        ballast
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
