@@ -113,9 +113,7 @@ fn create_logger_inner(params: &[ffi::Param]) -> Result<Box<ModuleLogger>, Strin
         return Err("parameter `kafka.bootstrap.servers` is required by the agent module".into());
     }
     // Fail at load, not at the first container, on bad librdkafka properties.
-    crate::publisher::kafka::client_config(&config.kafka)
-        .create::<rdkafka::producer::BaseProducer>()
-        .map_err(|e| format!("invalid Kafka configuration (kafka.* parameters): {e}"))?;
+    crate::publisher::kafka::validate(&config.kafka)?;
     let companion = match &config.companion_path {
         Some(p) => p.clone(),
         None => library_dir()

@@ -312,16 +312,19 @@ fn fd_hygiene_companion_holds_only_read_ends_and_eof_arrives() {
     let t0 = Instant::now();
     let fds = loop {
         let fds = proc_fds(pid);
-        if fds.len() == 5 || t0.elapsed() > Duration::from_secs(5) {
+        if fds.len() == 6 || t0.elapsed() > Duration::from_secs(5) {
             break fds;
         }
         std::thread::sleep(Duration::from_millis(20));
     };
     let numbers: Vec<i32> = fds.iter().map(|f| f.0).collect();
-    assert_eq!(numbers, [0, 1, 2, 3, 4], "{fds:?}");
+    assert_eq!(numbers, [0, 1, 2, 3, 4, 5], "{fds:?}");
     for (fd, target, flags) in &fds {
         if *fd <= 2 {
             assert_eq!(target, "/dev/null");
+        } else if *fd == 5 {
+            // Its life: the flock the publisher checks (see spool::companion_alive).
+            assert!(target.ends_with("/data/companion.lock"), "{target}");
         } else {
             assert!(target.starts_with("pipe:"), "{target}");
             assert_eq!(

@@ -71,13 +71,18 @@ enum Cmd {
     },
 }
 
-/// Parses `--set key=value` pairs into a validated Config.
+/// Parses `--set key=value` pairs into a validated Config (librdkafka
+/// properties included, when Kafka is configured).
 pub fn config_from_sets(sets: &[String]) -> Result<Config, String> {
     let pairs = sets
         .iter()
         .map(|s| split_kv(s))
         .collect::<Result<Vec<_>, _>>()?;
-    Config::from_pairs(&pairs).map_err(|e| e.to_string())
+    let config = Config::from_pairs(&pairs).map_err(|e| e.to_string())?;
+    if config.has_kafka() {
+        publisher::kafka::validate(&config.kafka)?;
+    }
+    Ok(config)
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);

@@ -236,7 +236,17 @@ pub fn run(a: RunArgs) -> Result<i32, String> {
         give_up_after: Some(Duration::from_secs(a.give_up_after)),
         orphans: Default::default(),
     })) {
-        if e.contains("another publisher") {
+        // Only a spool directory that cannot be made lets the command run
+        // without shipping; anything else (another publisher holds the
+        // spool) is refused before it runs.
+        let spool_problem = [
+            "parameter `spool_dir`",
+            "cannot create spool_dir",
+            "cannot watch spool_dir",
+        ]
+        .iter()
+        .any(|p| e.starts_with(p));
+        if !spool_problem {
             return Err(e);
         }
         eprintln!(

@@ -85,6 +85,15 @@ pub fn client_config(props: &BTreeMap<String, String>) -> ClientConfig {
     cc
 }
 
+/// Checks the `kafka.*` parameters by building a producer from them (no
+/// network I/O): an unknown or invalid property is named in the error.
+pub fn validate(props: &BTreeMap<String, String>) -> Result<(), String> {
+    client_config(props)
+        .create::<BaseProducer>()
+        .map(|_| ())
+        .map_err(|e| format!("invalid Kafka configuration (kafka.* parameters): {e}"))
+}
+
 impl KafkaSink {
     /// Builds the producer. Unknown or invalid properties fail here, with
     /// librdkafka's message naming the property.
