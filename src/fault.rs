@@ -1,5 +1,5 @@
 //! Fault injection for tests: with the `fault-injection` feature (off by
-//! default; `scripts/test.sh` turns it on), `MESOS_GELF_FAULT=<point>[,...]`
+//! default; `scripts/test.sh` turns it on), `GELF_FAULT_INJECT=<point>[,...]`
 //! makes [`hit`] panic at those points, so tests can prove that a panic
 //! never reaches the agent. Without the feature [`hit`] is empty.
 //!
@@ -10,7 +10,7 @@
 pub fn hit(point: &str) {
     use std::sync::atomic::{AtomicBool, Ordering};
     static PUBLISHER_ONCE: AtomicBool = AtomicBool::new(false);
-    let Ok(v) = std::env::var("MESOS_GELF_FAULT") else {
+    let Ok(v) = std::env::var("GELF_FAULT_INJECT") else {
         return;
     };
     if !v.split(',').any(|p| p.trim() == point) {

@@ -211,7 +211,13 @@ impl Cluster {
             .args(
                 self.agent_args
                     .iter()
-                    .filter(|a| !a.starts_with("--launcher_dir=")),
+                    .filter(|a| !a.starts_with("--launcher_dir=") && !a.starts_with("ENV:")),
+            )
+            // `ENV:K=V` entries are the agent's environment.
+            .envs(
+                self.agent_args
+                    .iter()
+                    .filter_map(|a| a.strip_prefix("ENV:").and_then(|kv| kv.split_once('='))),
             )
             .stdout(Stdio::null())
             .stderr(log)
@@ -748,4 +754,70 @@ fn nested_task_group_tasks_carry_their_own_task_ids_names_and_labels() {
         found += 1;
     }
     assert_eq!(found, 2);
+}
+
+#[test]
+fn a_full_spool_filesystem_never_fails_a_task_launch() {
+    let Some(lab) = lab() else { return };
+    let broker = Broker::start();
+    let d = tempfile::tempdir().unwrap();
+    let fs = Tmpfs::mount(&d.path().join("spoolfs"), 256);
+    fs.fill(0);
+    let c = Cluster::start(
+        &lab,
+        &broker.addr(),
+        &[("topic", "full"), ("spool_dir", fs.0.to_str().unwrap())],
+    );
+    let out = c.run_task(&[], "echo launched-anyway");
+    let framework = driver_field(&out, "[driver] registered framework ");
+    let stdout = glob_one(&c.work_dir(), &framework, "stdout");
+    assert_eq!(
+        std::fs::read_to_string(stdout).unwrap(),
+        "launched-anyway\n"
+    );
+    assert_eq!(c.gauge("containers_unspooled"), 1.0);
+    assert!(c.agent_log().contains("started without a spool"));
+    // Its notice reaches Kafka (the publisher runs: Kafka is up).
+    gelf_until(&broker, "full", |v| {
+        v["_stream"] == "mesos-gelf-publisher"
+            && v["short_message"]
+                .as_str()
+                .unwrap()
+                .contains("without a spool")
+    });
+}
+
+/// A panic inside `prepare()` (fault injection, test builds only) fails
+/// that container's launch with a message, never the agent.
+#[cfg(feature = "fault-injection")]
+#[test]
+fn a_panic_in_prepare_fails_one_launch_not_the_agent() {
+    let Some(lab) = lab() else { return };
+    let broker = Broker::start();
+    let mut c = Cluster::start_with(
+        &lab,
+        &broker.addr(),
+        &[("topic", "panic")],
+        &["ENV:GELF_FAULT_INJECT=prepare".to_string()],
+    );
+    c.wait_registered();
+    let env = std::fs::read(format!("/proc/{}/environ", c.agent.as_ref().unwrap().id())).unwrap();
+    assert!(
+        String::from_utf8_lossy(&env).contains("GELF_FAULT_INJECT=prepare"),
+        "the agent's environment"
+    );
+    let out = c.task(&[], "echo never").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success(),
+        "{text}\n{}",
+        tail(&c.agent_log(), 40)
+    );
+    assert!(
+        text.contains("TASK_FAILED") && text.contains("internal error"),
+        "{text}"
+    );
+    // The agent is alive and answers.
+    assert!(c.agent.as_mut().unwrap().try_wait().unwrap().is_none());
+    assert_eq!(c.gauge("publisher_active"), 1.0);
 }

@@ -29,7 +29,7 @@ fn panics_in_the_publisher_or_a_bridge_call_never_reach_the_agent() {
     let broker = Broker::start();
     let d = tempfile::tempdir().unwrap();
     // 1. The publisher panics once: restarted from the spool, nothing lost.
-    std::env::set_var("MESOS_GELF_FAULT", "publisher");
+    std::env::set_var("GELF_FAULT_INJECT", "publisher");
     let spool = d.path().join("spool");
     let mut l = Logger::new(
         Config::from_pairs(&[
@@ -63,7 +63,7 @@ fn panics_in_the_publisher_or_a_bridge_call_never_reach_the_agent() {
     drop(l);
     // 2. prepare() panics inside the bridge: the C++ caller gets an error
     // for that container, the process lives on, the next call works.
-    std::env::set_var("MESOS_GELF_FAULT", "prepare");
+    std::env::set_var("GELF_FAULT_INJECT", "prepare");
     let spool2 = d.path().join("spool2");
     let cfg = d.path().join("c.json");
     std::fs::write(&cfg, &json).unwrap();
@@ -79,7 +79,7 @@ fn panics_in_the_publisher_or_a_bridge_call_never_reach_the_agent() {
         report.contains("prepare_error\tc-bridge") && report.contains("internal error (panic"),
         "{report}"
     );
-    std::env::remove_var("MESOS_GELF_FAULT");
+    std::env::remove_var("GELF_FAULT_INJECT");
     let report = ffi::shim_selftest(&spec);
     assert!(report.contains("prepared\tc-bridge"), "{report}");
 }
