@@ -193,6 +193,9 @@ fn main() {
     if args.iter().any(|a| a == "--list") {
         return; // `cargo bench -- --list`
     }
+    if args.iter().any(|a| a == "parse") {
+        return parse_cost(); // `cargo bench --bench pipeline -- parse`
+    }
     let bin = support::bin();
     let root = tempfile::tempdir().unwrap();
     let r = root.path();
@@ -357,6 +360,90 @@ fn main() {
     println!("\n5. Scale: 100 containers x 1000 lines/s for 10 s, one publisher");
     println!("{}| agent process (publisher + 100 writer threads): CPU {:.2} s over {:.1} s wall ({:.1}% of a core), peak RSS {:.1} MB (target < 64 MB) |",
         report, su.cpu, su.wall, su.cpu / su.wall * 100.0, su.rss_kb as f64 / 1024.0);
+    parse_cost();
+}
+
+/// This thread's CPU time in seconds.
+fn thread_cpu() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
+/// CPU per record of the GELF encoder with parsers against without, on
+/// the same records, in one run (best of 5, alternating).
+fn parse_cost() {
+    use mesos_gelf_logger::config::ContainerSettings;
+    use mesos_gelf_logger::gelf::parse::Parser;
+    use mesos_gelf_logger::gelf::Encoder;
+    use mesos_gelf_logger::spool::record::{Record, Stream};
+    let enc = |parsers: &str| {
+        let settings = ContainerSettings {
+            parse: Parser::list(parsers).unwrap(),
+            ..Default::default()
+        };
+        let id = mesos_gelf_logger::metadata::Identity {
+            container_id: "c".into(),
+            task_id: Some("t".into()),
+            ..Default::default()
+        };
+        Encoder::with_parts(
+            "agent",
+            &id,
+            &settings,
+            &mesos_gelf_logger::config::LabelFilter::All,
+            std::iter::empty(),
+            900_000,
+        )
+    };
+    let n = 200_000;
+    let recs = |f: &dyn Fn(usize) -> String| -> Vec<Record> {
+        (0..n)
+            .map(|i| Record {
+                stream: Stream::Stdout,
+                flags: 0,
+                part: 0,
+                seq: i as u64,
+                ts_micros: 1_795_428_005_000_000,
+                payload: f(i).into_bytes(),
+            })
+            .collect()
+    };
+    let plain = recs(&|i| {
+        format!("GET /api/cart/{i} 200 12.5ms user=anonymous agent=Mozilla/5.0 (X11; Linux x86_64)")
+    });
+    let json = recs(&|i| {
+        format!(
+            r#"{{"level":"info","msg":"request served","path":"/api/cart/{i}","status":200,"duration_ms":12.5,"ts":"2026-11-23T10:00:00.123Z","user":{{"id":{i},"tier":"gold"}}}}"#
+        )
+    });
+    let cost = |e: &Encoder, rs: &[Record]| {
+        let mut best = f64::MAX;
+        let mut out = Vec::with_capacity(4096);
+        for _ in 0..5 {
+            let t0 = thread_cpu();
+            for r in rs {
+                out.clear();
+                e.encode(r, &mut out);
+            }
+            best = best.min((thread_cpu() - t0) / rs.len() as f64 * 1e9);
+        }
+        best
+    };
+    let (none, glog, json_p) = (enc("none"), enc("glog"), enc("json"));
+    let (a, b) = (cost(&none, &plain), cost(&glog, &plain));
+    let (c, d) = (cost(&none, &json), cost(&json_p, &json));
+    println!("\n6. GELF encoding CPU per record (encoder alone, best of 5, same records)");
+    println!("| input | parse=none | with parser | ratio |");
+    println!("|---|---|---|---|");
+    println!("| plain lines (what every task pays) | {a:.0} ns | parse=glog (default): {b:.0} ns | {:.2}x |", b / a);
+    println!(
+        "| JSON lines | {c:.0} ns | parse=json: {d:.0} ns | {:.2}x |",
+        d / c
+    );
 }
 
 fn num_cpus() -> usize {

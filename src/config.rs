@@ -87,6 +87,8 @@ pub struct ContainerSettings {
     pub rate_limit_lines: u64,
     pub rate_limit_bytes: u64,
     pub rate_limit_burst: u64,
+    /// Parsers tried on each line (glog, json, logfmt), in order.
+    pub parse: Vec<crate::gelf::parse::Parser>,
 }
 
 /// `spool_min_free`: an amount, or a share of the spool filesystem.
@@ -138,6 +140,7 @@ pub const OVERRIDABLE: &[&str] = &[
     "rate_limit_lines",
     "rate_limit_bytes",
     "rate_limit_burst",
+    "parse",
 ];
 
 /// The validated module / command parameters.
@@ -156,6 +159,9 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// Agent-wide cap on all spools together.
     pub spool_max_total_size: u64,
+    /// Keys whose value becomes `short_message` (JSON, logfmt).
+    pub parse_message_keys: Vec<String>,
+    pub parse_numbers: crate::gelf::parse::Numbers,
     pub metrics_interval_ms: u64,
     /// Run each companion as its container's user (when we are root).
     pub drop_privileges: bool,
@@ -173,6 +179,9 @@ pub const PARAMETERS: &[(&str, &str, &str)] = &[
     ("rate_limit_lines", "0 (off)", "Lines per second shipped per container; lines over it stay in the sandbox files, are not shipped, and are reported."),
     ("rate_limit_bytes", "0 (off)", "Bytes per second shipped per container, as rate_limit_lines."),
     ("rate_limit_burst", "10", "Seconds' worth of the rate limits a container may send at once (token bucket)."),
+    ("parse", "glog", "Parsers tried on each line, first match wins: none, or a list of glog, json, logfmt (see Structured lines)."),
+    ("parse_message_keys", "msg,message,short_message", "JSON/logfmt keys whose value becomes short_message, first present wins."),
+    ("parse_numbers", "string", "Parsed numbers ship as strings (a key keeps one type in Graylog), or `keep` them as numbers."),
     ("sandbox_max_size", "10MB", "Rotate <sandbox>/stdout and stderr past this size."),
     ("sandbox_max_files", "5", "Keep at most this many files per stream (stdout, stdout.1 ...)."),
     ("max_line_bytes", "65536", "Longer lines are split into parts marked _line_part / _line_continues (at most a quarter of spool_max_size)."),
@@ -218,6 +227,7 @@ impl Default for ContainerSettings {
             rate_limit_lines: 0,
             rate_limit_bytes: 0,
             rate_limit_burst: 10,
+            parse: vec![crate::gelf::parse::Parser::Glog],
         }
     }
 }
@@ -303,11 +313,14 @@ fn check_field_name(key: &str, name: &str) -> Result<(), ConfigError> {
     if name.is_empty() || !name.bytes().all(crate::gelf::is_field_byte) {
         return Err(err(
             key,
-            "field names may only use letters, digits, `_`, `.` and `-`",
+            "field names may only use letters, digits, `_` and `-`",
         ));
     }
-    if name == "id" {
-        return Err(err(key, "`_id` is reserved by GELF and Graylog"));
+    if crate::gelf::names::reserved(name) {
+        return Err(err(
+            key,
+            format!("`_{name}` is reserved by Graylog (or a name it sets itself)"),
+        ));
     }
     Ok(())
 }
@@ -358,6 +371,7 @@ impl ContainerSettings {
                 self.spool_max_size = n;
             }
             "spool_min_free" => self.spool_min_free = MinFree::parse(value)?,
+            "parse" => self.parse = crate::gelf::parse::Parser::list(value)?,
             "rate_limit_lines" => self.rate_limit_lines = parse_num(value, "a whole number")?,
             "rate_limit_bytes" => self.rate_limit_bytes = parse_size(value)?,
             "rate_limit_burst" => {
@@ -474,6 +488,8 @@ impl Config {
             max_in_flight_bytes: 8 << 20,
             max_message_bytes: 900_000,
             spool_max_total_size: 4 << 30,
+            parse_message_keys: crate::gelf::parse::Settings::default().message_keys,
+            parse_numbers: crate::gelf::parse::Numbers::String,
             metrics_interval_ms: 10_000,
             drop_privileges: true,
             defaults: ContainerSettings::default(),
@@ -495,6 +511,12 @@ impl Config {
             }
             if let Some(name) = key.strip_prefix("field.") {
                 check_field_name(key, name)?;
+                if value.len() > crate::gelf::names::MAX_VALUE_BYTES {
+                    return Err(err(
+                        key,
+                        "longer than 32,766 bytes (Graylog cannot index it)",
+                    ));
+                }
                 c.static_fields.insert(name.to_string(), value.to_string());
                 continue;
             }
@@ -545,6 +567,24 @@ impl Config {
                         return Err(err(key, "too small (at least 64KB)"));
                     }
                     c.max_in_flight_bytes = n as usize;
+                }
+                "parse_message_keys" => {
+                    let keys: Vec<String> = value
+                        .split(',')
+                        .map(|k| k.trim().to_string())
+                        .filter(|k| !k.is_empty())
+                        .collect();
+                    if keys.is_empty() {
+                        return Err(err(key, "needs at least one key (e.g. msg,message)"));
+                    }
+                    c.parse_message_keys = keys;
+                }
+                "parse_numbers" => {
+                    c.parse_numbers = match value.trim() {
+                        "string" => crate::gelf::parse::Numbers::String,
+                        "keep" => crate::gelf::parse::Numbers::Keep,
+                        _ => return Err(err(key, "must be `string` or `keep`")),
+                    }
                 }
                 "spool_max_total_size" => {
                     let n = parse_size(value).map_err(|m| err(key, m))?;

@@ -323,7 +323,7 @@ fn a_ten_megabyte_line_of_binary_junk_ships_valid_parts_and_loses_no_byte() {
     for (i, m) in parts.iter().enumerate() {
         support::assert_gelf(m);
         assert_eq!(m["_line_part"], i as u64 + 1);
-        assert_eq!(m["_line_continues"], i + 1 < n);
+        assert_eq!(m["_line_continues"], u8::from(i + 1 < n));
         text.push_str(m["short_message"].as_str().unwrap());
     }
     // Invalid sequences become U+FFFD, but an ASCII byte (NUL, control

@@ -41,6 +41,7 @@ impl ContainerMeta {
                 "rate_limit_lines": s.rate_limit_lines,
                 "rate_limit_bytes": s.rate_limit_bytes,
                 "rate_limit_burst": s.rate_limit_burst,
+                "parse": s.parse.iter().map(|p| p.name()).collect::<Vec<_>>().join(","),
             }
         })
     }
@@ -80,6 +81,11 @@ impl ContainerMeta {
             rate_limit_lines: u("rate_limit_lines", d.rate_limit_lines),
             rate_limit_bytes: u("rate_limit_bytes", d.rate_limit_bytes),
             rate_limit_burst: u("rate_limit_burst", d.rate_limit_burst).max(1),
+            // Spools from before parsing existed parse nothing.
+            parse: match s.get("parse").and_then(Value::as_str) {
+                Some(p) => crate::gelf::parse::Parser::list(p).unwrap_or_default(),
+                None => Vec::new(),
+            },
         };
         let run_as = v.get("run_as").and_then(RunAs::from_json);
         Ok(ContainerMeta {

@@ -41,14 +41,17 @@ pub fn run(args: &[&str], cmd: &[&str]) -> Output {
     c.output().expect("run mesos-gelf")
 }
 
-/// Parses GELF lines (one JSON object per line).
+/// Parses GELF lines (one JSON object per line), each checked by
+/// [`assert_gelf`].
 pub fn gelf_lines(stdout: &[u8]) -> Vec<Value> {
     stdout
         .split(|&b| b == b'\n')
         .filter(|l| !l.is_empty())
         .map(|l| {
-            serde_json::from_slice(l)
-                .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(l)))
+            let v: Value = serde_json::from_slice(l)
+                .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(l)));
+            assert_gelf(&v);
+            v
         })
         .collect()
 }
@@ -57,18 +60,66 @@ pub fn by_stream<'a>(v: &'a [Value], stream: &str) -> Vec<&'a Value> {
     v.iter().filter(|m| m["_stream"] == stream).collect()
 }
 
-/// Asserts that a message is valid GELF 1.1 as Graylog reads it.
+/// Graylog's `String.trim()`: every char up to U+0020 off both ends.
+pub fn java_trim(s: &str) -> &str {
+    s.trim_matches(|c: char| c <= '\u{20}')
+}
+
+/// Asserts that a message is strict GELF 1.1 and survives Graylog's own
+/// decoding with its content (the rules of its GelfCodec and Message
+/// classes, ../shared/PEERS.md): required fields present and typed; every
+/// value a string or a number (Graylog skips booleans and nulls); no string
+/// blank after Java's trim (a blank short_message drops the message, a
+/// blank field is dropped); additional names `_` + `[\w.\-@]`, none that
+/// Graylog reserves or sets, none colliding once `.` becomes `_`; no
+/// string field but the messages over 32,766 bytes (fails indexing).
 pub fn assert_gelf(m: &Value) {
-    let o = m.as_object().expect("object");
-    assert_eq!(o["version"], "1.1");
-    assert!(o["host"].as_str().is_some_and(|h| !h.is_empty()), "{m}");
+    let o = m
+        .as_object()
+        .unwrap_or_else(|| panic!("not an object: {m}"));
+    assert_eq!(o.get("version"), Some(&Value::from("1.1")), "{m}");
+    for k in ["host", "short_message"] {
+        let v = o
+            .get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("no {k}: {m}"));
+        assert!(
+            !java_trim(v).is_empty(),
+            "{k} blank after Graylog's trim: {m}"
+        );
+    }
+    assert!(o.get("timestamp").is_some_and(Value::is_number), "{m}");
     assert!(
-        o["short_message"].as_str().is_some_and(|h| !h.is_empty()),
+        o.get("level")
+            .and_then(Value::as_u64)
+            .is_some_and(|l| l <= 7),
         "{m}"
     );
-    assert!(o["timestamp"].is_number());
-    assert!(o["level"].as_u64().is_some_and(|l| l <= 7));
-    for k in o.keys() {
+    const RESERVED: [&str; 17] = [
+        "id",
+        "ttl",
+        "source",
+        "all",
+        "index",
+        "type",
+        "score",
+        "message",
+        "timestamp",
+        "full_message",
+        "short_message",
+        "level",
+        "facility",
+        "file",
+        "line",
+        "host",
+        "version",
+    ];
+    let mut indexed = std::collections::HashSet::new();
+    for (k, v) in o {
+        assert!(
+            v.is_string() || v.is_number(),
+            "{k}: not a string or number: {m}"
+        );
         if [
             "version",
             "host",
@@ -79,15 +130,34 @@ pub fn assert_gelf(m: &Value) {
         ]
         .contains(&k.as_str())
         {
+            if k == "full_message" {
+                assert!(!java_trim(v.as_str().unwrap()).is_empty(), "{m}");
+            }
             continue;
         }
-        assert!(k.starts_with('_') && k != "_id", "bad field {k}");
+        let name = k
+            .strip_prefix('_')
+            .unwrap_or_else(|| panic!("field {k} without `_`: {m}"));
         assert!(
-            k[1..]
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b)),
-            "bad field name {k:?}"
+            name.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.-@".contains(c)),
+            "bad field name {k:?}: {m}"
         );
+        assert!(
+            !RESERVED.contains(&name) && !name.starts_with("gl2_"),
+            "reserved {k}: {m}"
+        );
+        assert!(
+            indexed.insert(name.replace('.', "_")),
+            "{k} collides once `.` is `_`: {m}"
+        );
+        if let Some(s) = v.as_str() {
+            assert!(
+                !java_trim(s).is_empty(),
+                "{k} blank after Graylog's trim: {m}"
+            );
+            assert!(s.len() <= 32_766, "{k} longer than Graylog indexes: {m}");
+        }
     }
 }
 
@@ -204,10 +274,14 @@ pub struct Consumed {
 }
 
 impl Consumed {
+    /// The message as JSON, checked by [`assert_gelf`]: every message the
+    /// tests read from Kafka is strict GELF that Graylog keeps.
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.payload).unwrap_or_else(|e| {
+        let v = serde_json::from_slice(&self.payload).unwrap_or_else(|e| {
             panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.payload))
-        })
+        });
+        assert_gelf(&v);
+        v
     }
 }
 

@@ -1,53 +1,82 @@
-//! GELF 1.1 encoding and field-name sanitising.
-//!
-//! One record becomes one JSON object:
-//!
-//! ```text
-//! {"version":"1.1","host":..,"short_message":..,["full_message":..,]
-//!  "timestamp":<seconds.micros>,"level":<0-7>,"_stream":"stdout","_seq":N,
-//!  [line-part fields,] <container fields>, <label fields>, <static fields>}
-//! ```
+//! The GELF encoder: one record (and its container's identity) to one
+//! JSON object, within a size limit.
 //!
 //! The container part never changes for a container, so [`Encoder::new`]
-//! serialises it once and [`Encoder::encode`] only appends the per-record
+//! serialises it once and [`Encoder::encode`] only writes the per-record
 //! fields. Guarantees:
 //! - the output is one valid JSON object (serde_json escapes `"`, `\`, NUL
-//!   and every control character);
+//!   and every control character); values are strings or numbers only;
 //! - invalid UTF-8 becomes U+FFFD; the sandbox files keep the raw bytes;
-//! - field names contain only `[A-Za-z0-9_.-]` (others become `_`) and
-//!   `_id`, reserved by Graylog, is never emitted;
-//! - an empty line gets `short_message` `(empty line)`: Graylog rejects an
-//!   empty `short_message`;
-//! - an encoding longer than the sink's limit is cut (payload truncated on a
-//!   character boundary) and marked `_truncated: true`, `_original_bytes`.
+//! - every name and value survives Graylog (see [`super::names`]): a blank
+//!   line gets a visible stand-in, markers are numbers;
+//! - an encoding longer than the limit is cut (payload truncated on a
+//!   character boundary) and marked `_truncated: 1`, `_original_bytes`.
 
+use super::names::{is_field_byte, safe_value, sanitize_name, visible_message};
+use super::parse::{self, Value};
 use crate::config::{Config, ContainerSettings, LabelFilter};
 use crate::metadata::Identity;
 use crate::spool::notice;
 use crate::spool::record::{flags, Record, Stream};
 use std::borrow::Cow;
-
-/// Bytes allowed in a GELF additional field name (after the leading `_`).
-pub fn is_field_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-'
-}
-
-/// Sanitises a label key or other free text into a field-name fragment.
-pub fn sanitize_name(s: &str) -> String {
-    s.bytes()
-        .map(|b| if is_field_byte(b) { b as char } else { '_' })
-        .collect()
-}
+use std::io::Write;
 
 fn push_str(out: &mut Vec<u8>, s: &str) {
     serde_json::to_writer(&mut *out, s).expect("writing JSON to a Vec cannot fail");
 }
 
+/// `,"name":"value"`, the value made safe for Graylog (never blank, at
+/// most 32,766 bytes).
 fn push_field(out: &mut Vec<u8>, name: &str, value: &str) {
     out.push(b',');
     push_str(out, name);
     out.push(b':');
-    push_str(out, value);
+    push_str(out, &safe_value(value).0);
+}
+
+/// `,"name":<string or number>`.
+fn push_value(out: &mut Vec<u8>, name: &str, v: &Value) {
+    match v {
+        Value::Str(s) => push_field(out, name, s),
+        Value::Num(n) => {
+            out.push(b',');
+            push_str(out, name);
+            let _ = write!(out, ":{n}");
+        }
+    }
+}
+
+/// Names of the per-record fields the encoder writes itself (without the
+/// leading `_`): a parsed key never takes one of them.
+const RECORD_FIELDS: [&str; 18] = [
+    "stream",
+    "seq",
+    "line_part",
+    "line_continues",
+    "unterminated",
+    "truncated",
+    "original_bytes",
+    "fields_dropped",
+    "parse_cut",
+    "thread_id",
+    "src_file",
+    "src_line",
+    "loss_reason",
+    "lost_stream",
+    "lost_records",
+    "lost_bytes",
+    "lost_first_seq",
+    "lost_last_seq",
+];
+
+/// What one record becomes before it is written.
+struct Body<'a> {
+    short: Cow<'a, str>,
+    full: Option<Cow<'a, str>>,
+    level: u8,
+    ts_micros: i64,
+    fields: Vec<(String, Value)>,
+    cut: u32,
 }
 
 /// The smallest message limit an encoder accepts: the floor form (host and
@@ -105,6 +134,9 @@ pub struct Encoder {
     level_stdout: u8,
     level_stderr: u8,
     max_bytes: usize,
+    parse: parse::Settings,
+    /// Names (without `_`) this container's messages already use.
+    taken: Vec<String>,
 }
 
 /// `s` as a plain name: `[A-Za-z0-9._:-]`, others `_`, at most `n` bytes.
@@ -123,14 +155,17 @@ fn plain(s: &str, n: usize) -> String {
 
 impl Encoder {
     pub fn new(config: &Config, identity: &Identity, settings: &ContainerSettings) -> Encoder {
-        Encoder::with_parts(
+        let mut e = Encoder::with_parts(
             &config.host,
             identity,
             settings,
             &config.labels,
             config.static_fields.iter(),
             config.max_message_bytes,
-        )
+        );
+        e.parse.message_keys = config.parse_message_keys.clone();
+        e.parse.numbers = config.parse_numbers;
+        e
     }
 
     pub fn with_parts<'a>(
@@ -160,9 +195,8 @@ impl Encoder {
             ("_user", &id.user),
         ];
         let mut seen: Vec<String> = opt.iter().map(|(k, _)| k.to_string()).collect();
-        seen.extend(
-            ["_container_id", "_stream", "_seq", "_id", "_fields_dropped"].map(String::from),
-        );
+        seen.extend(["_container_id", "_parent_container_id", "_id"].map(String::from));
+        seen.extend(RECORD_FIELDS.iter().map(|n| format!("_{n}")));
         for (k, v) in opt {
             if let Some(v) = v {
                 push_field(&mut f, k, v);
@@ -199,6 +233,10 @@ impl Encoder {
             "_container_id",
             &plain(&id.container_id, FLOOR_ID_BYTES),
         );
+        let taken = seen
+            .iter()
+            .map(|n| n.trim_start_matches('_').to_string())
+            .collect();
         let mut e = Encoder {
             all: f,
             identity,
@@ -210,6 +248,11 @@ impl Encoder {
             level_stdout: settings.level_stdout,
             level_stderr: settings.level_stderr,
             max_bytes: 0,
+            parse: parse::Settings {
+                parsers: settings.parse.clone(),
+                ..Default::default()
+            },
+            taken,
         };
         e.set_max_bytes(max_bytes);
         e
@@ -256,89 +299,124 @@ impl Encoder {
     /// Appends the GELF JSON of `rec` to `out` (no trailing newline), cut to
     /// the limit if need be. On [`Fit::Over`] `out` is left as it was.
     pub fn encode(&self, rec: &Record, out: &mut Vec<u8>) -> Fit {
-        if matches!(rec.stream, Stream::Notice | Stream::PublisherNotice) {
-            // A notice's payload is JSON (text + loss fields): ship the text
-            // as the message and the rest as fields.
-            let n = notice::parse(&rec.payload);
-            let mut r = rec.clone();
-            r.payload = n.text.into_bytes();
-            return self.encode_with(&r, &n.fields, out);
-        }
-        self.encode_with(rec, &[], out)
-    }
-
-    fn encode_with(
-        &self,
-        rec: &Record,
-        fields: &[(String, serde_json::Value)],
-        out: &mut Vec<u8>,
-    ) -> Fit {
+        let text = String::from_utf8_lossy(&rec.payload);
+        let mut body = self.body(rec, &text);
         let start = out.len();
-        self.encode_payload(rec, &rec.payload, None, fields, out);
-        let len = out.len() - start;
-        if len <= self.max_bytes {
+        self.write(rec, &body, None, out);
+        if out.len() - start <= self.max_bytes {
             return Fit::Whole;
         }
-        // Too large for the sink: cut the payload by the excess (plus room for
-        // the markers and escaping growth), retrying with less if needed.
-        let mut keep = rec.payload.len().saturating_sub(len - self.max_bytes + 128);
+        // Too large: cut the message (and full message) by the excess plus
+        // room for the markers, halving until it fits; if even empty ones
+        // do not, leave the parsed fields out too.
+        let total = body.short.len() + body.full.as_ref().map_or(0, |f| f.len());
+        let mut keep = total.saturating_sub(out.len() - start - self.max_bytes + 128);
+        let (short, full) = (body.short.clone(), body.full.clone());
         loop {
             out.truncate(start);
-            let cut = utf8_floor(&rec.payload, keep);
-            self.encode_payload(
-                rec,
-                &rec.payload[..cut],
-                Some(rec.payload.len()),
-                fields,
-                out,
-            );
+            body.short = Cow::Owned(cut_str(&short, keep).to_string());
+            body.full = full
+                .as_ref()
+                .map(|f| Cow::Owned(cut_str(f, keep).to_string()));
+            self.write(rec, &body, Some(rec.payload.len()), out);
             if out.len() - start <= self.max_bytes {
                 return Fit::Cut;
             }
-            if cut == 0 {
-                out.truncate(start);
-                return Fit::Over;
+            if keep == 0 {
+                if body.fields.is_empty() {
+                    out.truncate(start);
+                    return Fit::Over;
+                }
+                body.cut += body.fields.len() as u32;
+                body.fields.clear();
+                continue;
             }
-            keep = cut / 2;
+            keep /= 2;
         }
     }
 
-    fn encode_payload(
-        &self,
-        rec: &Record,
-        payload: &[u8],
-        original: Option<usize>,
-        fields: &[(String, serde_json::Value)],
-        out: &mut Vec<u8>,
-    ) {
-        let text: Cow<str> = String::from_utf8_lossy(payload);
-        let multiline = rec.flags & flags::MULTILINE != 0;
-        let short: &str = if multiline {
-            text.split('\n').next().unwrap_or("")
-        } else {
-            &text
-        };
-        out.extend_from_slice(b"{\"version\":\"1.1\",\"short_message\":");
-        if short.is_empty() {
-            push_str(out, "(empty line)");
-        } else {
-            push_str(out, short);
-        }
-        if multiline {
-            out.extend_from_slice(b",\"full_message\":");
-            push_str(out, &text);
-        }
-        let level = match rec.stream {
+    /// Message, level, time and fields of `rec`: a notice's own fields, or
+    /// what the first matching parser finds in the (first) line.
+    fn body<'a>(&self, rec: &Record, text: &'a str) -> Body<'a> {
+        let stream_level = match rec.stream {
             Stream::Stdout => self.level_stdout,
             Stream::Stderr => self.level_stderr,
             Stream::Notice | Stream::PublisherNotice => 4,
         };
-        let secs = rec.ts_micros.div_euclid(1_000_000);
-        let micros = rec.ts_micros.rem_euclid(1_000_000);
-        use std::io::Write;
+        if matches!(rec.stream, Stream::Notice | Stream::PublisherNotice) {
+            // A notice's payload is JSON (text + loss fields).
+            let n = notice::parse(text.as_bytes());
+            let fields = n
+                .fields
+                .into_iter()
+                .map(|(k, v)| {
+                    let v = match v {
+                        serde_json::Value::Number(n) => Value::Num(n),
+                        serde_json::Value::String(s) => Value::Str(s),
+                        other => Value::Str(other.to_string()),
+                    };
+                    (k.trim_start_matches('_').to_string(), v)
+                })
+                .collect();
+            return Body {
+                short: Cow::Owned(visible_message(&n.text).into_owned()),
+                full: None,
+                level: stream_level,
+                ts_micros: rec.ts_micros,
+                fields,
+                cut: 0,
+            };
+        }
+        let multiline = rec.flags & flags::MULTILINE != 0;
+        let first = if multiline {
+            text.split('\n').next().unwrap_or("")
+        } else {
+            text
+        };
+        let parsed = parse::parse(first, rec.ts_micros, &self.parse, &self.taken);
+        let (short, level, ts, fields, cut) = match parsed {
+            Some(p) => (
+                p.message.map_or(Cow::Borrowed(first), Cow::Owned),
+                p.level.unwrap_or(stream_level),
+                p.ts_micros.unwrap_or(rec.ts_micros),
+                p.fields,
+                p.cut,
+            ),
+            None => (
+                Cow::Borrowed(first),
+                stream_level,
+                rec.ts_micros,
+                Vec::new(),
+                0,
+            ),
+        };
+        let short = match visible_message(&short) {
+            Cow::Borrowed(_) => short,
+            Cow::Owned(v) => Cow::Owned(v),
+        };
+        Body {
+            short,
+            full: multiline.then_some(Cow::Borrowed(text)),
+            level,
+            ts_micros: ts,
+            fields,
+            cut,
+        }
+    }
+
+    fn write(&self, rec: &Record, b: &Body, original: Option<usize>, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"version\":\"1.1\",\"short_message\":");
+        push_str(out, &visible_message(&b.short));
+        if let Some(full) = &b.full {
+            out.extend_from_slice(b",\"full_message\":");
+            push_str(out, &visible_message(full));
+        }
+        let secs = b.ts_micros.div_euclid(1_000_000);
+        let micros = b.ts_micros.rem_euclid(1_000_000);
         let _ = write!(
             out,
-            ",\"timestamp\":{secs}.{micros:06},\"level\":{level},\"_stream\":\"{}\",\"_seq\":{}",
+            ",\"timestamp\":{secs}.{micros:06},\"level\":{},\"_stream\":\"{}\",\"_seq\":{}",
+            b.level,
             rec.stream.name(),
             rec.seq
         );
@@ -347,24 +425,29 @@ impl Encoder {
                 out,
                 ",\"_line_part\":{},\"_line_continues\":{}",
                 rec.part,
-                rec.flags & flags::CONTINUES != 0
+                u8::from(rec.flags & flags::CONTINUES != 0)
             );
         }
         if rec.flags & flags::UNTERMINATED != 0 {
-            out.extend_from_slice(b",\"_unterminated\":true");
+            out.extend_from_slice(b",\"_unterminated\":1");
         }
         if let Some(n) = original {
-            let _ = write!(out, ",\"_truncated\":true,\"_original_bytes\":{n}");
+            let _ = write!(out, ",\"_truncated\":1,\"_original_bytes\":{n}");
         }
-        for (k, v) in fields {
-            out.push(b',');
-            push_str(out, k);
-            out.push(b':');
-            serde_json::to_writer(&mut *out, v).expect("writing JSON to a Vec cannot fail");
+        for (k, v) in &b.fields {
+            push_value(out, &format!("_{k}"), v);
+        }
+        if b.cut > 0 {
+            let _ = write!(out, ",\"_parse_cut\":{}", b.cut);
         }
         out.extend_from_slice(&self.chosen);
         out.push(b'}');
     }
+}
+
+/// At most `n` bytes of `s`, on a char boundary.
+fn cut_str(s: &str, n: usize) -> &str {
+    &s[..s.floor_char_boundary(n)]
 }
 
 /// The largest `n' <= n` that does not split a UTF-8 sequence of `b`
@@ -424,7 +507,12 @@ mod tests {
 
     #[test]
     fn fields_levels_and_timestamp() {
-        let e = enc(vec![("team", "x"), ("has space", "y"), ("id", "z")]);
+        let e = enc(vec![
+            ("team", "x"),
+            ("has space", "y"),
+            ("id", "z"),
+            ("a.b", "dotted"),
+        ]);
         let v = json(&e, &rec(Stream::Stdout, b"hello"));
         assert_eq!(v["version"], "1.1");
         assert_eq!(v["host"], "agent-1");
@@ -436,6 +524,7 @@ mod tests {
         assert_eq!(v["_label_team"], "x");
         assert_eq!(v["_label_has_space"], "y");
         assert_eq!(v["_label_id"], "z");
+        assert_eq!(v["_label_a_b"], "dotted", "`.` becomes `_`");
         assert_eq!(v["_dc"], "eu1");
         assert!(v.get("_id").is_none());
         assert!(v.get("full_message").is_none());
@@ -462,7 +551,7 @@ mod tests {
         e.encode(&rec(Stream::Stdout, big.as_bytes()), &mut out);
         assert!(out.len() <= 1000, "{}", out.len());
         let v: Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(v["_truncated"], true);
+        assert_eq!(v["_truncated"], 1);
         assert_eq!(v["_original_bytes"], 4000);
         assert!(!v["short_message"].as_str().unwrap().contains('\u{fffd}'));
     }
@@ -475,5 +564,130 @@ mod tests {
         let v = json(&e, &r);
         assert_eq!(v["short_message"], "Traceback:");
         assert_eq!(v["full_message"], "Traceback:\n  File x\nKeyError");
+    }
+}
+
+#[cfg(test)]
+mod parse_tests {
+    use super::*;
+    use serde_json::Value as J;
+
+    fn enc(parsers: &str) -> Encoder {
+        let settings = ContainerSettings {
+            parse: parse::Parser::list(parsers).unwrap(),
+            ..Default::default()
+        };
+        let id = Identity {
+            container_id: "c1".into(),
+            task_id: Some("t1".into()),
+            ..Default::default()
+        };
+        Encoder::with_parts(
+            "agent-1",
+            &id,
+            &settings,
+            &LabelFilter::All,
+            std::iter::empty(),
+            900_000,
+        )
+    }
+
+    fn one(e: &Encoder, stream: Stream, flags_: u8, payload: &str) -> J {
+        let r = Record {
+            stream,
+            flags: flags_,
+            part: 0,
+            seq: 1,
+            ts_micros: 1_795_428_005_000_000,
+            payload: payload.as_bytes().to_vec(),
+        };
+        let mut out = Vec::new();
+        e.encode(&r, &mut out);
+        serde_json::from_slice(&out).unwrap()
+    }
+
+    #[test]
+    fn glog_lines_get_their_own_level_json_gets_fields() {
+        let e = enc("glog,json");
+        let v = one(
+            &e,
+            Stream::Stderr,
+            0,
+            "I1123 10:00:00.000001 7 exec.cpp:1] Executor registered",
+        );
+        assert_eq!(v["level"], 6, "an executor's info line is not an error");
+        assert_eq!(v["short_message"], "Executor registered");
+        assert_eq!(v["_src_file"], "exec.cpp");
+        assert_eq!(v["_src_line"], 1);
+        let v = one(
+            &e,
+            Stream::Stdout,
+            0,
+            r#"{"level":"error","msg":"boom","task_id":"spoof","user_id":7}"#,
+        );
+        assert_eq!(v["level"], 3);
+        assert_eq!(v["short_message"], "boom");
+        assert_eq!(v["_task_id"], "t1", "identity cannot be overwritten");
+        assert_eq!(v["_log_task_id"], "spoof");
+        assert_eq!(v["_user_id"], "7");
+        // parse=none: the line as it is.
+        let v = one(
+            &enc("none"),
+            Stream::Stderr,
+            0,
+            "I1123 10:00:00.000001 7 exec.cpp:1] x",
+        );
+        assert_eq!(v["level"], 3);
+    }
+
+    #[test]
+    fn multiline_records_are_parsed_by_their_first_line() {
+        let e = enc("glog");
+        let v = one(
+            &e,
+            Stream::Stderr,
+            flags::MULTILINE,
+            "W1123 10:00:00.000001 7 slave.cpp:285] \n*****\nAgent bound to loopback",
+        );
+        assert_eq!(v["level"], 4);
+        assert!(
+            v["short_message"].as_str().unwrap().starts_with("W1123"),
+            "empty glog message: the line"
+        );
+        assert!(v["full_message"].as_str().unwrap().contains("Agent bound"));
+    }
+
+    #[test]
+    fn blank_lines_markers_and_value_types() {
+        let e = enc("none");
+        for (line, want) in [
+            ("", "(empty line)"),
+            ("   ", "(blank line: \"   \")"),
+            ("\t", "(blank line: \"\\t\")"),
+        ] {
+            assert_eq!(one(&e, Stream::Stdout, 0, line)["short_message"], want);
+        }
+        let r = Record {
+            stream: Stream::Stdout,
+            flags: flags::CONTINUES | flags::UNTERMINATED,
+            part: 2,
+            seq: 9,
+            ts_micros: 1,
+            payload: b"x".to_vec(),
+        };
+        let mut out = Vec::new();
+        e.encode(&r, &mut out);
+        let v: J = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            (
+                v["_line_part"].as_u64(),
+                v["_line_continues"].as_u64(),
+                v["_unterminated"].as_u64()
+            ),
+            (Some(2), Some(1), Some(1))
+        );
+        for (_, x) in v.as_object().unwrap() {
+            assert!(x.is_string() || x.is_number(), "{v}");
+        }
     }
 }
