@@ -251,7 +251,7 @@ fn settle_nested(config: &Config, health: &mut Health, c: &mut Container) -> boo
     // Only what the publisher does can still change; the companion's
     // settings were fixed at prepare time (from the task's environment).
     let (late, early): (Vec<_>, Vec<_>) = overrides.into_iter().partition(|(k, _)| {
-        ["gelf.topic", "gelf.level_stdout", "gelf.level_stderr"].contains(&k.as_str())
+        ["gelf.topic", "gelf.level_stdout", "gelf.level_stderr", "gelf.parse"].contains(&k.as_str())
     });
     for (k, _) in early {
         warnings.push(format!(
