@@ -137,6 +137,7 @@ ContainerLogger* createGelfContainerLogger(const Parameters& parameters) {
     LOG(ERROR) << "mesos-gelf: cannot create the container logger: " << error;
     return nullptr;
   }
+  LOG(INFO) << "mesos-gelf: module built for Mesos " << MESOS_GELF_BUILT_AGAINST;
   return new mesos_gelf::GelfContainerLogger(std::move(core));
 }
 

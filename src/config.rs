@@ -159,6 +159,9 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// Agent-wide cap on all spools together.
     pub spool_max_total_size: u64,
+    /// Keep delivered segments this long (for `mesos-gelf spool replay`);
+    /// zero: delete them once delivered.
+    pub spool_retain: std::time::Duration,
     /// Keys whose value becomes `short_message` (JSON, logfmt).
     pub parse_message_keys: Vec<String>,
     pub parse_numbers: crate::gelf::parse::Numbers,
@@ -179,6 +182,7 @@ pub const PARAMETERS: &[(&str, &str, &str)] = &[
     ("rate_limit_lines", "0 (off)", "Lines per second shipped per container; lines over it stay in the sandbox files, are not shipped, and are reported."),
     ("rate_limit_bytes", "0 (off)", "Bytes per second shipped per container, as rate_limit_lines."),
     ("rate_limit_burst", "10", "Seconds' worth of the rate limits a container may send at once (token bucket)."),
+    ("spool_retain", "0 (off)", "Keep delivered spool data this long (e.g. 6h) for `mesos-gelf spool replay`; within the size caps, retained data goes first."),
     ("parse", "glog", "Parsers tried on each line, first match wins: none, or a list of glog, json, logfmt (see Structured lines)."),
     ("parse_message_keys", "msg,message,short_message", "JSON/logfmt keys whose value becomes short_message, first present wins."),
     ("parse_numbers", "string", "Parsed numbers ship as strings (a key keeps one type in Graylog), or `keep` them as numbers."),
@@ -259,6 +263,27 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     };
     n.checked_mul(mult)
         .ok_or_else(|| format!("`{s}` is too large"))
+}
+
+/// A duration such as `0`, `90s`, `30m`, `6h`, `2d` (a bare number is
+/// seconds).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (e.g. 0, 90s, 30m, 6h, 2d)"))?;
+    let mult = match unit.trim() {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        other => return Err(format!("`{s}`: unknown unit `{other}` (use s, m, h or d)")),
+    };
+    n.checked_mul(mult)
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(|| format!("`{s}` is too long"))
 }
 
 fn parse_bool(s: &str) -> Result<bool, String> {
@@ -488,6 +513,7 @@ impl Config {
             max_in_flight_bytes: 8 << 20,
             max_message_bytes: 900_000,
             spool_max_total_size: 4 << 30,
+            spool_retain: std::time::Duration::ZERO,
             parse_message_keys: crate::gelf::parse::Settings::default().message_keys,
             parse_numbers: crate::gelf::parse::Numbers::String,
             metrics_interval_ms: 10_000,
@@ -586,6 +612,7 @@ impl Config {
                         _ => return Err(err(key, "must be `string` or `keep`")),
                     }
                 }
+                "spool_retain" => c.spool_retain = parse_duration(value).map_err(|m| err(key, m))?,
                 "spool_max_total_size" => {
                     let n = parse_size(value).map_err(|m| err(key, m))?;
                     if n < 1 << 20 {
@@ -652,6 +679,9 @@ mod tests {
         assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
         assert!(parse_size("ten").is_err());
         assert!(parse_size("10XB").unwrap_err().contains("unit"));
+        assert_eq!(parse_duration("6h").unwrap().as_secs(), 21_600);
+        assert_eq!(parse_duration("0").unwrap().as_secs(), 0);
+        assert!(parse_duration("6 weeks").is_err());
     }
 
     #[test]

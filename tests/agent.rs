@@ -130,7 +130,12 @@ impl Cluster {
             json!({"key": "metrics_interval_ms", "value": "200"}),
         ];
         ps.extend(params.iter().map(|(k, v)| json!({"key": k, "value": v})));
-        let modules = json!({"libraries": [{"file": module_so().display().to_string(),
+        // `MODULE:<path>` in the extra flags: another library file.
+        let library = agent_args
+            .iter()
+            .find_map(|a| a.strip_prefix("MODULE:").map(PathBuf::from))
+            .unwrap_or_else(module_so);
+        let modules = json!({"libraries": [{"file": library.display().to_string(),
             "modules": [{"name": MODULE, "parameters": ps}]}]});
         std::fs::write(run.path().join("modules.json"), modules.to_string()).unwrap();
         let (mp, ap) = free_ports();
@@ -208,11 +213,11 @@ impl Cluster {
                 self.run.path().join("modules.json").display()
             ))
             .arg(format!("--container_logger={MODULE}"))
-            .args(
-                self.agent_args
-                    .iter()
-                    .filter(|a| !a.starts_with("--launcher_dir=") && !a.starts_with("ENV:")),
-            )
+            .args(self.agent_args.iter().filter(|a| {
+                !a.starts_with("--launcher_dir=")
+                    && !a.starts_with("ENV:")
+                    && !a.starts_with("MODULE:")
+            }))
             // `ENV:K=V` entries are the agent's environment.
             .envs(
                 self.agent_args
@@ -830,4 +835,108 @@ fn a_panic_in_prepare_fails_one_launch_not_the_agent() {
     // The agent is alive and answers.
     assert!(c.agent.as_mut().unwrap().try_wait().unwrap().is_none());
     assert_eq!(c.gauge("publisher_active"), 1.0);
+}
+
+/// The module loads only into the Mesos it was built for: a library that
+/// says it was built for another version is refused at start, and the
+/// agent's log names both versions.
+#[test]
+fn a_module_built_for_another_mesos_version_is_refused_naming_both() {
+    let Some(lab) = lab() else { return };
+    let original = std::fs::read(module_so()).unwrap();
+    // The same library, its version strings changed from 1.11.0: an older
+    // and a newer Mesos.
+    for other in ["1.10.9", "1.12.0"] {
+        let d = tempfile::tempdir().unwrap();
+        let so = d.path().join("libmesos_gelf_logger.so");
+        let mut b = original.clone();
+        let (from, to) = (b"1.11.0\0".to_vec(), format!("{other}\0").into_bytes());
+        let mut n = 0;
+        for i in 0..b.len().saturating_sub(from.len()) {
+            if b[i..i + from.len()] == from[..] {
+                b[i..i + to.len()].copy_from_slice(&to);
+                n += 1;
+            }
+        }
+        assert!(n >= 1, "no version string in the library");
+        std::fs::write(&so, b).unwrap();
+        let mut c = Cluster::start_with(
+            &lab,
+            "127.0.0.1:1",
+            &[],
+            &[format!("MODULE:{}", so.display())],
+        );
+        let st = wait_child(c.agent.as_mut().unwrap(), Duration::from_secs(60));
+        assert!(
+            st.is_some_and(|s| !s.success()),
+            "the agent started with a {other} module"
+        );
+        c.agent = None;
+        let log = c.agent_log();
+        let refused = log
+            .lines()
+            .find(|l| l.contains("Error verifying module 'org_mesos_gelf_GelfContainerLogger'"))
+            .unwrap_or_else(|| panic!("{}", tail(&log, 20)));
+        assert!(
+            refused.contains("1.11.0")
+                && refused.contains(&format!("compiled with version {other}")),
+            "{refused}"
+        );
+    }
+}
+
+/// The upgrade an operator does (README, INSTALL.md): new files installed
+/// over the old ones while tasks run, the agent restarted; the old
+/// companion keeps writing, the new publisher ships everything.
+#[test]
+fn an_upgrade_under_a_running_task_loses_no_line() {
+    let Some(lab) = lab() else { return };
+    let broker = Broker::start();
+    let d = tempfile::tempdir().unwrap();
+    let install = d.path().join("modules");
+    std::fs::create_dir_all(&install).unwrap();
+    let companion = install.join("mesos-gelf");
+    std::fs::copy(bin(), &companion).unwrap();
+    let mut c = Cluster::start(
+        &lab,
+        &broker.addr(),
+        &[
+            ("topic", "upgrade"),
+            ("companion_path", companion.to_str().unwrap()),
+        ],
+    );
+    let script = "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); echo $i; \
+                  [ $((i % 1000)) -eq 0 ] && sleep 0.1; done";
+    let mut driver = c.task(&["--checkpoint", "1"], script).spawn().unwrap();
+    let t0 = Instant::now();
+    while c.gauge("records_published") < 2000.0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the task is not writing"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // `install` over the old binary: a new file renamed into place.
+    let staged = install.join(".mesos-gelf.new");
+    std::fs::copy(bin(), &staged).unwrap();
+    std::fs::rename(&staged, &companion).unwrap();
+    let old = c.agent.take().unwrap();
+    unsafe { libc::kill(old.id() as i32, libc::SIGTERM) };
+    let mut old = old;
+    assert!(wait_child(&mut old, Duration::from_secs(30)).is_some());
+    c.start_agent();
+    c.wait_registered();
+    let st = wait_child(&mut driver, Duration::from_secs(150));
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "{}",
+        tail(&c.agent_log(), 20)
+    );
+    let mut seen = BTreeSet::new();
+    gelf_until(&broker, "upgrade", |v| {
+        if v["_stream"] == "stdout" {
+            seen.insert(v["_seq"].as_u64().unwrap());
+        }
+        seen.len() == 20_000
+    });
 }

@@ -127,7 +127,7 @@ fn checkpoint_resume_and_acknowledged_segments_are_deleted() {
             other => panic!("{other:?}"),
         }
     }
-    r.acknowledge(pos).unwrap();
+    r.acknowledge(pos, std::time::Duration::ZERO).unwrap();
     assert!(list_segments(d.path())
         .unwrap()
         .iter()
@@ -358,7 +358,7 @@ fn planted_links_and_fifos_in_data_are_never_followed_written_or_waited_on() {
                 Next::Finished => break true,
             }
         };
-        r.acknowledge(last).unwrap();
+        r.acknowledge(last, std::time::Duration::ZERO).unwrap();
         tx.send((warning, got, r.torn, finished)).unwrap();
     });
     let (warning, got, torn, finished) = rx

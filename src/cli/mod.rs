@@ -3,6 +3,7 @@
 
 mod forward;
 mod run;
+mod spool;
 
 use clap::{Parser, Subcommand};
 use mesos_gelf_logger::companion::{self, CompanionArgs};
@@ -46,8 +47,21 @@ enum Cmd {
         #[arg(long, value_name = "SECONDS", default_value_t = publisher::GIVE_UP_AFTER.as_secs())]
         give_up_after: u64,
     },
+    /// Inspect a spool: what is waiting, its records, send them again.
+    #[command(subcommand)]
+    Spool(spool::SpoolCmd),
     /// Forward a Kafka topic to Graylog over GELF TCP/TLS/UDP.
     Forward(forward::ForwardArgs),
+    /// Print every parameter with its default and meaning (README's table,
+    /// the packaged modules.json).
+    Parameters {
+        /// As a modules.json whose parameters are every default.
+        #[arg(long)]
+        modules_json: bool,
+        /// Path of the module library in that modules.json.
+        #[arg(long, default_value = "/usr/lib/mesos/modules/libmesos_gelf_logger.so")]
+        library: String,
+    },
     /// Own a container's pipes (started by prepare; not for people).
     #[command(hide = true)]
     Companion {
@@ -148,6 +162,58 @@ fn publish(
     }
 }
 
+/// README's parameter table, or a modules.json with every parameter at
+/// its default (those without a plain default are left out, and listed in
+/// a `_comment`).
+fn parameters(modules_json: bool, library: &str) {
+    use mesos_gelf_logger::config::PARAMETERS;
+    if !modules_json {
+        println!("| parameter | default | meaning |\n|---|---|---|");
+        for (k, d, m) in PARAMETERS {
+            println!("| `{k}` | {d} | {m} |");
+        }
+        return;
+    }
+    let mut params: Vec<serde_json::Value> = vec![serde_json::json!({
+        "key": "kafka.bootstrap.servers", "value": "kafka-1.example.net:9092,kafka-2.example.net:9092"
+    })];
+    let mut others = Vec::new();
+    for (k, d, m) in PARAMETERS {
+        // The default's first word, when it is a value the module takes.
+        let v = match *k {
+            "companion_path" => Some(
+                std::path::Path::new(library)
+                    .with_file_name("mesos-gelf")
+                    .display()
+                    .to_string(),
+            ),
+            "host" => None,
+            _ => d
+                .split_whitespace()
+                .next()
+                .filter(|t| !t.starts_with('(') && !k.contains('<'))
+                .filter(|t| mesos_gelf_logger::config::Config::from_pairs(&[(*k, *t)]).is_ok())
+                .map(String::from),
+        };
+        match v {
+            Some(v) => params.push(serde_json::json!({"key": k, "value": v})),
+            None => others.push(format!("{k} ({d}): {m}")),
+        }
+    }
+    let v = serde_json::json!({
+        "_comment": format!(
+            "mesos-gelf-logger {}: every parameter at its default; see PARAMETERS.md. Also: {}",
+            env!("CARGO_PKG_VERSION"),
+            others.join("; ")
+        ),
+        "libraries": [{
+            "file": library,
+            "modules": [{"name": "org_mesos_gelf_GelfContainerLogger", "parameters": params}]
+        }]
+    });
+    println!("{}", serde_json::to_string_pretty(&v).expect("JSON"));
+}
+
 pub fn main() -> i32 {
     let cli = Cli::parse();
     let r = match cli.cmd {
@@ -159,6 +225,14 @@ pub fn main() -> i32 {
             give_up_after,
         } => publish(&set, spool_dir, until_empty, give_up_after),
         Cmd::Forward(a) => forward::forward(a),
+        Cmd::Spool(c) => spool::main(c),
+        Cmd::Parameters {
+            modules_json,
+            library,
+        } => {
+            parameters(modules_json, &library);
+            Ok(0)
+        }
         Cmd::Companion {
             spool,
             unspooled,

@@ -149,13 +149,29 @@ impl Publisher {
 
     pub(super) fn store_and_finish(&mut self) {
         let mut done = Vec::new();
+        let refused: Vec<String> = self
+            .containers
+            .values()
+            .filter(|c| c.refused)
+            .map(|c| c.key.clone())
+            .collect();
+        for k in refused {
+            // Stored up to where this release could read; the rest is kept.
+            let c = self.containers.remove(&k).expect("container");
+            if c.inflight.is_empty() && c.acked != c.stored {
+                let _ = c.reader.acknowledge(c.acked, self.config.spool_retain);
+            }
+            self.slots.remove(&c.slot);
+            self.watcher.unwatch(&k);
+            self.ignored.insert(k);
+        }
         for c in self.containers.values_mut() {
             let complete =
                 c.finished && c.inflight.is_empty() && c.held.is_none() && c.notices.is_empty();
             let due = c.last_store.elapsed() >= CHECKPOINT_EVERY
                 || c.acked_since_store >= CHECKPOINT_RECORDS;
             if c.acked != c.stored && (complete || due) {
-                match c.reader.acknowledge(c.acked) {
+                match c.reader.acknowledge(c.acked, self.config.spool_retain) {
                     Ok(()) => {
                         c.stored = c.acked;
                         c.acked_since_store = 0;
@@ -184,17 +200,44 @@ impl Publisher {
             self.slots.remove(&c.slot);
             self.watcher.unwatch(&k);
             self.health.forget(&k);
+            Metrics::add(&self.metrics.containers_finished, 1);
+            if !self.config.spool_retain.is_zero() {
+                // Kept for replay; `sweep_retained` removes it in time.
+                self.retained.insert(k);
+                continue;
+            }
             if let Err(e) = std::fs::remove_dir_all(&c.dir) {
                 log::warn(&format!(
                     "cannot remove finished spool {}: {e}",
                     c.dir.display()
                 ));
             }
-            Metrics::add(&self.metrics.containers_finished, 1);
         }
         self.metrics
             .containers_active
             .store(self.containers.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Removes retained data older than `spool_retain`: segments of
+    /// finished containers, then the containers once empty.
+    pub(super) fn sweep_retained(&mut self) {
+        let retain = self.config.spool_retain;
+        let keys: Vec<String> = self.retained.iter().cloned().collect();
+        for k in keys {
+            let dir = self.opts.spool_dir.join(&k);
+            let data = crate::spool::data_dir(&dir);
+            let segs = list_segments(&data).unwrap_or_default();
+            let left = segs
+                .iter()
+                .filter(|s| {
+                    !crate::spool::reader::delete_if_older(&segment_path(&data, **s), retain)
+                })
+                .count();
+            if left == 0 || !dir.exists() {
+                let _ = std::fs::remove_dir_all(&dir);
+                self.retained.remove(&k);
+            }
+        }
     }
 
     /// Spool bytes not yet deleted, and the age of the oldest record read

@@ -73,7 +73,11 @@ impl Publisher {
                 continue;
             }
             let key = e.file_name().to_string_lossy().into_owned();
-            if self.containers.contains_key(&key) || self.unready.contains_key(&key) {
+            if self.containers.contains_key(&key)
+                || self.unready.contains_key(&key)
+                || self.retained.contains(&key)
+                || self.ignored.contains(&key)
+            {
                 continue;
             }
             match classify(&key, &e.path()) {
@@ -126,6 +130,16 @@ impl Publisher {
         }
         let meta = match ContainerMeta::load(&dir) {
             Ok(m) => m,
+            Err(e) if e.contains(crate::spool::meta::NEWER) => {
+                // Written by a newer release: left alone (never waited for
+                // by --until-empty), kept, said once.
+                self.unready.remove(key);
+                self.watcher.unwatch(key);
+                if self.ignored.len() < IGNORED_MAX && self.ignored.insert(key.to_string()) {
+                    log::error(&format!("{}: {e}", dir.display()));
+                }
+                return;
+            }
             Err(e) => {
                 let since = self.unready.get(key).copied().unwrap_or_else(Instant::now);
                 if !has_data(&dir) {
@@ -205,6 +219,7 @@ impl Publisher {
                 settings: meta.settings,
                 notices: notices::Notices::load(&dir),
                 companion_gone: false,
+                refused: false,
                 spool_bytes: 0,
                 size_dirty: true,
             },

@@ -36,7 +36,9 @@ impl Publisher {
                 c.spool_bytes = spool_bytes(c.reader.dir());
             }
         }
-        let total: u64 = self.containers.values().map(|c| c.spool_bytes).sum();
+        let retained = self.retained_segments();
+        let total: u64 = self.containers.values().map(|c| c.spool_bytes).sum::<u64>()
+            + retained.iter().filter(|r| r.3).map(|r| r.1).sum::<u64>();
         let (avail, fs_size) = fs_space(&self.opts.spool_dir).unwrap_or((u64::MAX, 0));
         let floor = self.config.defaults.spool_min_free.bytes(fs_size);
         let max_total = self.config.spool_max_total_size as f64;
@@ -47,6 +49,19 @@ impl Publisher {
         let mut need = total
             .saturating_sub((max_total * DOWN_TO) as u64)
             .max((floor + 2 * headroom).saturating_sub(avail));
+        // Data kept only for replay (`spool_retain`) goes first, oldest
+        // first; it was delivered, so it is no loss.
+        for (_, size, path, _) in retained {
+            if need == 0 {
+                break;
+            }
+            if std::fs::remove_file(&path).is_ok() {
+                need = need.saturating_sub(size);
+                for c in self.containers.values_mut() {
+                    c.size_dirty = true;
+                }
+            }
+        }
         while need > 0 {
             // The container that holds the most and has something to drop.
             let mut order: Vec<(u64, String)> = self
@@ -115,6 +130,46 @@ impl Publisher {
             )
         });
         size
+    }
+}
+
+impl Publisher {
+    /// Delivered segments kept for `spool_retain`, oldest first: (mtime,
+    /// size, path, in a finished container) — finished containers' whole
+    /// spools, and active ones' segments before their checkpoint.
+    fn retained_segments(&self) -> Vec<(std::time::SystemTime, u64, PathBuf, bool)> {
+        if self.config.spool_retain.is_zero() {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        let mut add = |data: &Path, below: Option<u64>, finished: bool| {
+            for s in list_segments(data).unwrap_or_default() {
+                if below.is_some_and(|b| s >= b) {
+                    continue;
+                }
+                let p = segment_path(data, s);
+                if let Ok(m) = std::fs::symlink_metadata(&p) {
+                    out.push((
+                        m.modified().unwrap_or(std::time::UNIX_EPOCH),
+                        m.len(),
+                        p,
+                        finished,
+                    ));
+                }
+            }
+        };
+        for k in &self.retained {
+            add(
+                &crate::spool::data_dir(&self.opts.spool_dir.join(k)),
+                None,
+                true,
+            );
+        }
+        for c in self.containers.values() {
+            add(c.reader.dir(), Some(c.acked.segment), false);
+        }
+        out.sort();
+        out
     }
 }
 

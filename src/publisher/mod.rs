@@ -162,6 +162,8 @@ struct Container {
     size_dirty: bool,
     /// Its companion died before finishing (reported once).
     companion_gone: bool,
+    /// Holds a spool format newer than this release reads: left alone.
+    refused: bool,
 }
 
 struct NestedWait {
@@ -185,6 +187,8 @@ pub struct Publisher {
     unready: BTreeMap<String, Instant>,
     /// Entries of the spool root that are not ours (logged once).
     ignored: std::collections::BTreeSet<String>,
+    /// Finished containers kept for `spool_retain` (replay), not published.
+    retained: std::collections::BTreeSet<String>,
     watcher: Watcher,
     metrics: Arc<Metrics>,
     health: Health,
@@ -243,6 +247,7 @@ impl Publisher {
             next_slot: 1,
             unready: BTreeMap::new(),
             ignored: Default::default(),
+            retained: Default::default(),
             watcher,
             health: Health::new(metrics.clone()),
             metrics,
@@ -333,6 +338,7 @@ impl Publisher {
             if last_rescan.elapsed() >= RESCAN_EVERY {
                 last_rescan = Instant::now();
                 self.scan_root();
+                self.sweep_retained();
                 self.check_companions();
                 self.update_pending_metrics();
             }
@@ -393,7 +399,7 @@ impl Publisher {
             .store(self.in_flight_msgs, Ordering::Relaxed);
         for c in self.containers.values_mut() {
             if c.acked != c.stored {
-                let _ = c.reader.acknowledge(c.acked);
+                let _ = c.reader.acknowledge(c.acked, self.config.spool_retain);
             }
         }
         self.update_pending_metrics();

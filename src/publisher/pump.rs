@@ -107,6 +107,13 @@ impl Publisher {
                         c.finished = true;
                         break;
                     }
+                    Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {
+                        // A newer spool format: this release stops here and
+                        // leaves the rest on disk for one that reads it.
+                        log::error(&format!("{}: {e}", c.dir.display()));
+                        c.refused = true;
+                        break;
+                    }
                     Err(e) => {
                         let dir = c.dir.display().to_string();
                         self.health.warn(&format!("{}\0read", c.key), || {
@@ -251,7 +258,13 @@ fn settle_nested(config: &Config, health: &mut Health, c: &mut Container) -> boo
     // Only what the publisher does can still change; the companion's
     // settings were fixed at prepare time (from the task's environment).
     let (late, early): (Vec<_>, Vec<_>) = overrides.into_iter().partition(|(k, _)| {
-        ["gelf.topic", "gelf.level_stdout", "gelf.level_stderr", "gelf.parse"].contains(&k.as_str())
+        [
+            "gelf.topic",
+            "gelf.level_stdout",
+            "gelf.level_stderr",
+            "gelf.parse",
+        ]
+        .contains(&k.as_str())
     });
     for (k, _) in early {
         warnings.push(format!(

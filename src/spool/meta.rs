@@ -8,6 +8,13 @@ use crate::privileges::RunAs;
 use serde_json::{json, Value};
 use std::path::Path;
 
+/// The spool format this release writes, and the newest it reads. Every
+/// release reads every earlier version (tests/fixtures/spool-v*).
+pub const FORMAT_VERSION: u64 = 1;
+/// How errors about a newer spool format start (adoption leaves those
+/// spools alone instead of publishing them under a fallback identity).
+pub const NEWER: &str = "newer spool format";
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ContainerMeta {
     pub identity: Identity,
@@ -20,7 +27,7 @@ impl ContainerMeta {
     pub fn to_json(&self) -> Value {
         let s = &self.settings;
         json!({
-            "version": 1,
+            "version": FORMAT_VERSION,
             "run_as": self.run_as.as_ref().map(RunAs::to_json),
             "identity": self.identity.to_json(),
             "settings": {
@@ -47,6 +54,12 @@ impl ContainerMeta {
     }
 
     pub fn from_json(v: &Value) -> Result<ContainerMeta, String> {
+        let version = v.get("version").and_then(Value::as_u64).unwrap_or(1);
+        if version > FORMAT_VERSION {
+            return Err(format!(
+                "{NEWER}: meta.json is version {version}, this mesos-gelf reads up to {FORMAT_VERSION}; upgrade mesos-gelf (the spool is kept)"
+            ));
+        }
         let identity = Identity::from_json(v.get("identity").ok_or("meta.json: no identity")?)
             .map_err(|e| e.to_string())?;
         let s = v.get("settings").ok_or("meta.json: no settings")?;

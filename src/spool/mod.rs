@@ -65,6 +65,7 @@
 //! as torn; a non-regular checkpoint reads as corrupt.
 
 pub mod checkpoint;
+pub mod inspect;
 pub mod lock;
 pub mod meta;
 pub mod notice;

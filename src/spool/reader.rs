@@ -205,6 +205,21 @@ impl SpoolReader {
                 }
             }
             if self.pos.offset == 0 && self.start == 0 {
+                if self.buf[..MAGIC.len() - 1] == MAGIC[..MAGIC.len() - 1]
+                    && self.buf[MAGIC.len() - 1] != MAGIC[MAGIC.len() - 1]
+                {
+                    // A newer spool format: never skipped as torn (that
+                    // would lose it); this version refuses to read on.
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::Unsupported,
+                        format!(
+                            "segment {} is spool format {}, newer than this mesos-gelf reads ({}): upgrade mesos-gelf; the spool is kept",
+                            self.pos.segment,
+                            String::from_utf8_lossy(&self.buf[..MAGIC.len()]),
+                            String::from_utf8_lossy(MAGIC)
+                        ),
+                    ));
+                }
                 if &self.buf[..MAGIC.len()] != MAGIC {
                     self.torn += 1;
                     self.advance_segment();
@@ -252,12 +267,13 @@ impl SpoolReader {
         }
     }
 
-    /// Persists `pos` as the checkpoint and deletes the segments before it.
-    pub fn acknowledge(&self, pos: Position) -> std::io::Result<()> {
+    /// Persists `pos` as the checkpoint and deletes the segments before it
+    /// (those last written `retain` ago or more: retained for replay).
+    pub fn acknowledge(&self, pos: Position, retain: std::time::Duration) -> std::io::Result<()> {
         checkpoint::store(&self.dir, pos)?;
         for s in list_segments(&self.dir)? {
             if s < pos.segment {
-                let _ = std::fs::remove_file(segment_path(&self.dir, s));
+                delete_if_older(&segment_path(&self.dir, s), retain);
             }
         }
         Ok(())
@@ -317,4 +333,15 @@ pub fn summarize_segment(path: &Path) -> SegmentSummary {
     }
     out.spans = spans;
     out
+}
+
+/// Deletes `path` if it was last modified `age` ago or more; true if gone.
+pub fn delete_if_older(path: &Path, age: std::time::Duration) -> bool {
+    let old = age.is_zero()
+        || std::fs::symlink_metadata(path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_none_or(|e| e >= age);
+    old && std::fs::remove_file(path).is_ok()
 }

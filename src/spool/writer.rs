@@ -404,10 +404,18 @@ impl SpoolWriter {
             .retain(|s| segment_path(&self.dir, s.index).exists());
         let open = usize::from(self.file.is_some());
         let mut total: u64 = self.segments.iter().map(|s| s.bytes).sum();
+        // Segments before the publisher's checkpoint were delivered (kept
+        // only for `spool_retain`): they go first, and are no loss.
+        let delivered = match super::checkpoint::load(&self.dir) {
+            Ok(Some(p)) => p.segment,
+            _ => 0,
+        };
         while total + extra > self.cap && self.segments.len() > open {
             let s = self.segments.pop_front().expect("segment");
             total -= s.bytes;
-            if std::fs::remove_file(segment_path(&self.dir, s.index)).is_ok() {
+            if std::fs::remove_file(segment_path(&self.dir, s.index)).is_ok()
+                && s.index >= delivered
+            {
                 self.lose_spans(LossReason::SpoolCap, &s.spans);
                 for l in s.notices {
                     self.requeue(l);
