@@ -17,6 +17,10 @@ if [ "${1:-}" != "--no-build" ]; then
 fi
 so=target/release/libmesos_gelf_logger.so
 bin=target/release/mesos-gelf
+# After `cargo test` alone the library may be only in deps/ (the newest wins).
+if [ target/release/deps/libmesos_gelf_logger.so -nt "$so" ] || [ ! -f "$so" ]; then
+  so=target/release/deps/libmesos_gelf_logger.so
+fi
 nm -D --defined-only "$so" | grep -q ' org_mesos_gelf_GelfContainerLogger$' \
   || { echo "package: $so has no module symbol (built without Mesos?)" >&2; exit 2; }
 # The Mesos version the shim was compiled against, as build.rs reads it.
