@@ -129,6 +129,14 @@ fn main() {
     }
     b.compile("mesos-gelf-bridge");
 
+    // The lean companion needs no C++ runtime: let the linker drop the
+    // libraries it does not use (libstdc++ comes with the cxx bridge).
+    println!("cargo:rustc-link-arg-bin=mesos-gelf-companion=-Wl,--as-needed");
+    // Not position-independent: nothing to relocate at load, so its
+    // read-only data stays shared clean instead of becoming ~1 MB private
+    // dirty in each of hundreds of companions.
+    println!("cargo:rustc-link-arg-bin=mesos-gelf-companion=-no-pie");
+
     // Export the module global from the cdylib: pull its object in and make
     // it global in the version script (merged with rustc's `local: *`).
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());

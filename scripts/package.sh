@@ -38,6 +38,7 @@ mkdir -p "$stage"/{lib,bin,etc,systemd,marathon}
 # Without the debug info the release profile keeps for profiling.
 strip --strip-debug -o "$stage/lib/libmesos_gelf_logger.so" "$so"
 strip --strip-debug -o "$stage/bin/mesos-gelf" "$bin"
+strip --strip-debug -o "$stage/bin/mesos-gelf-companion" target/release/mesos-gelf-companion
 "$bin" parameters --modules-json --library /usr/lib/mesos/modules/libmesos_gelf_logger.so > "$stage/etc/modules.json"
 { echo "# mesos-gelf-logger $version parameters"; echo; "$bin" parameters; } > "$stage/etc/PARAMETERS.md"
 cp packaging/mesos-gelf-forward.service "$stage/systemd/"

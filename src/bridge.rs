@@ -117,7 +117,7 @@ fn create_logger_inner(params: &[ffi::Param]) -> Result<Box<ModuleLogger>, Strin
     let companion = match &config.companion_path {
         Some(p) => p.clone(),
         None => library_dir()
-            .map(|d| d.join("mesos-gelf"))
+            .map(|d| crate::logger::default_companion(&d))
             .ok_or("parameter `companion_path`: cannot locate the library's directory; set it")?,
     };
     let inner = Logger::new(config, companion)?;

@@ -200,7 +200,7 @@ pub const PARAMETERS: &[(&str, &str, &str)] = &[
     ("host", "this machine's hostname", "GELF `host` field."),
     ("labels", "all", "Which task/executor labels become _label_<key>: all, none, or a comma list."),
     ("env_prefix", "GELF_LOGGER_", "Prefix of per-task override environment variables."),
-    ("companion_path", "mesos-gelf next to the library / the running binary", "The mesos-gelf binary started as companion."),
+    ("companion_path", "mesos-gelf-companion (else mesos-gelf) next to the library / the running binary", "The binary started as each container's companion (mesos-gelf-companion, or mesos-gelf)."),
     ("systemd_slice", "mesos_executors.slice", "cgroup the companion moves to when the host runs systemd, so an agent restart does not kill it."),
     ("cgroups_hierarchy", "/sys/fs/cgroup", "Where cgroups are mounted (as the agent's --cgroups_hierarchy)."),
     ("drop_privileges", "true (module); false (run)", "Run each companion as ContainerConfig.user (when the agent is root); an unknown user keeps the agent's user, with a warning."),

@@ -54,6 +54,18 @@ pub struct Logger {
     metrics: Arc<Metrics>,
 }
 
+/// The companion to start from `dir`: the lean `mesos-gelf-companion` when
+/// it is there (no Kafka client or TLS: a fraction of the memory), else
+/// `mesos-gelf` itself (its `companion` subcommand).
+pub fn default_companion(dir: &Path) -> PathBuf {
+    let lean = dir.join("mesos-gelf-companion");
+    if lean.is_file() {
+        lean
+    } else {
+        dir.join("mesos-gelf")
+    }
+}
+
 /// The default spool root for the agent module.
 pub const DEFAULT_SPOOL_DIR: &str = "/var/lib/mesos-gelf/spool";
 

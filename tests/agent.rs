@@ -126,7 +126,7 @@ impl Cluster {
         let mut ps = vec![
             json!({"key": "kafka.bootstrap.servers", "value": broker}),
             json!({"key": "spool_dir", "value": spool.display().to_string()}),
-            json!({"key": "companion_path", "value": bin().display().to_string()}),
+            json!({"key": "companion_path", "value": env!("CARGO_BIN_EXE_mesos-gelf-companion")}),
             json!({"key": "metrics_interval_ms", "value": "200"}),
         ];
         ps.extend(params.iter().map(|(k, v)| json!({"key": k, "value": v})));

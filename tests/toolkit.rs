@@ -397,6 +397,7 @@ fn the_release_tarball_holds_what_an_operator_needs() {
     for f in [
         "lib/libmesos_gelf_logger.so",
         "bin/mesos-gelf",
+        "bin/mesos-gelf-companion",
         "etc/modules.json",
         "etc/PARAMETERS.md",
         "systemd/mesos-gelf-forward.service",

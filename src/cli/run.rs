@@ -222,7 +222,12 @@ pub fn run(a: RunArgs) -> Result<i32, String> {
         format!("run-{}-{}", std::process::id(), t.as_millis())
     });
     let exe = std::env::current_exe().map_err(|e| format!("cannot find our own binary: {e}"))?;
-    let companion = config.companion_path.clone().unwrap_or(exe);
+    let companion = config.companion_path.clone().unwrap_or_else(|| {
+        exe.parent()
+            .map(mesos_gelf_logger::logger::default_companion)
+            .filter(|p| p.is_file())
+            .unwrap_or(exe)
+    });
     let mut logger = Logger::new(config, companion)?;
     // The publisher first: a spool another publisher holds is refused
     // before anything runs. A spool that cannot be made is not: the

@@ -135,6 +135,11 @@ fn join_cgroup(procs: &Path) {
     let _ = std::fs::write(procs, format!("{}\n", std::process::id()));
 }
 
+/// Frames are written once this much is queued (and after every read): it
+/// keeps the buffer below malloc's mmap threshold, so an idle companion
+/// gives its memory back.
+const FLUSH_BYTES: usize = 64 * 1024;
+
 /// Moves finished records into the spool writer's buffer (written at the
 /// next flush, which also happens once the buffer is large); records over
 /// the rate limit are recorded as losses instead.
@@ -160,7 +165,7 @@ fn hand_over(
                 }
                 w.append(&r);
             }
-            if w.pending_bytes() >= 256 * 1024 {
+            if w.pending_bytes() >= FLUSH_BYTES {
                 w.flush();
             }
         }

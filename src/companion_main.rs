@@ -1,0 +1,50 @@
+//! `mesos-gelf-companion`: the per-container companion alone, without the
+//! Kafka client, TLS or the command-line front doors, so that each of the
+//! hundreds of companions on an agent costs as little memory as it can.
+//! It takes the same arguments as `mesos-gelf companion` (the word
+//! `companion` first is accepted), so either binary can be `companion_path`.
+
+use mesos_gelf_logger::companion::{self, CompanionArgs, Unspooled};
+use std::path::PathBuf;
+
+fn main() {
+    companion::ignore_signals();
+    let mut args = std::env::args().skip(1).peekable();
+    if args.peek().map(String::as_str) == Some("companion") {
+        args.next();
+    }
+    let (mut spool, mut unspooled, mut sandbox, mut cgroup_procs) = (None, None, None, None);
+    let (mut stdout_fd, mut stderr_fd, mut lock_fd) = (3, 4, None);
+    while let Some(a) = args.next() {
+        let mut val = || args.next().unwrap_or_default();
+        match a.as_str() {
+            "--spool" => spool = Some(PathBuf::from(val())),
+            "--unspooled" => unspooled = Unspooled::from_arg(&val()).ok(),
+            "--sandbox" => sandbox = Some(PathBuf::from(val())),
+            "--stdout-fd" => stdout_fd = val().parse().unwrap_or(3),
+            "--stderr-fd" => stderr_fd = val().parse().unwrap_or(4),
+            "--lock-fd" => lock_fd = val().parse().ok(),
+            "--cgroup-procs" => cgroup_procs = Some(PathBuf::from(val())),
+            "--version" => {
+                println!("mesos-gelf-companion {}", env!("CARGO_PKG_VERSION"));
+                return;
+            }
+            // Unknown arguments are ignored: the pipes are drained anyway.
+            _ => {}
+        }
+    }
+    let Some(sandbox) = sandbox else {
+        eprintln!("usage: mesos-gelf-companion [companion] --sandbox DIR [--spool DIR] ...");
+        std::process::exit(2);
+    };
+    let keep: Vec<i32> = [stdout_fd, stderr_fd].into_iter().chain(lock_fd).collect();
+    companion::close_other_fds(&keep);
+    companion::run(&CompanionArgs {
+        spool,
+        unspooled,
+        sandbox,
+        stdout_fd,
+        stderr_fd,
+        cgroup_procs,
+    });
+}
