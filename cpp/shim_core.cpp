@@ -7,6 +7,8 @@
 
 #include "mesos-gelf-logger/src/bridge.rs.h"
 
+extern "C" void mesos_gelf_set_log(void (*)(int32_t, const uint8_t*, size_t));
+
 namespace mesos_gelf {
 
 namespace {
@@ -23,6 +25,13 @@ void agent_log(int32_t level, rust::Str msg) {
   }
 }
 
+namespace {
+// What Rust calls for each log line (see mesos_gelf_set_log in bridge.rs).
+extern "C" void logFromRust(int32_t level, const uint8_t* bytes, size_t len) {
+  agent_log(level, rust::Str(reinterpret_cast<const char*>(bytes), len));
+}
+}  // namespace
+
 ShimCore::ShimCore(rust::Box<ModuleLogger> logger) : logger_(std::move(logger)) {}
 
 ShimCore::~ShimCore() = default;
@@ -36,6 +45,7 @@ std::unique_ptr<ShimCore> ShimCore::create(
     ps.push_back(Param{rust::String(kv.first), rust::String(kv.second)});
   }
   g_log.store(log);
+  mesos_gelf_set_log(&logFromRust);
   try {
     return std::unique_ptr<ShimCore>(new ShimCore(create_logger(ps)));
   } catch (const std::exception& e) {

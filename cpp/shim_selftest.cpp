@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 #include <thread>
@@ -83,8 +84,8 @@ void logToStderr(int32_t level, rust::Str msg) {
 
 }  // namespace
 
-rust::String shim_selftest(rust::Str specText) {
-  std::istringstream spec(std::string(specText.data(), specText.size()));
+std::string shim_selftest(const std::string& specText) {
+  std::istringstream spec(specText);
   std::ostringstream out;
   std::vector<std::pair<std::string, std::string>> params;
   std::unique_ptr<ShimCore> core;
@@ -131,7 +132,15 @@ rust::String shim_selftest(rust::Str specText) {
       out << (spoolEmpty(f[1]) ? "empty" : "not_empty") << "\n";
     }
   }
-  return rust::String(out.str());
+  return out.str();
 }
 
 }  // namespace mesos_gelf
+
+// The C entry point tests call (tests/support): the report, malloc'd (the
+// caller frees it). A C function the library itself never calls, so
+// binaries that do not run this driver (the lean companion) link no C++.
+extern "C" char* mesos_gelf_shim_selftest(const char* spec) {
+  const std::string report = mesos_gelf::shim_selftest(spec);
+  return ::strdup(report.c_str());
+}

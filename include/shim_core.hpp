@@ -57,7 +57,8 @@ std::string joinContainerId(const std::vector<std::string>& chain);
 // to ShimCore::create (glog in the module), or to stderr.
 void agent_log(int32_t level, rust::Str msg);
 
-// C++ test driver run by CI in place of a Mesos agent (cpp/shim_selftest.cpp).
-rust::String shim_selftest(rust::Str spec);
+// C++ test driver run by CI in place of a Mesos agent (cpp/shim_selftest.cpp);
+// tests call it through `extern "C" mesos_gelf_shim_selftest`.
+std::string shim_selftest(const std::string& spec);
 
 }  // namespace mesos_gelf

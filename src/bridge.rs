@@ -2,8 +2,9 @@
 //!
 //! C++ → Rust: create the logger from the module parameters, initialize it,
 //! prepare a container (plain strings in, two fds out), read metrics.
-//! Rust → C++: `agent_log` (our log lines into the agent's glog) and
-//! `shim_selftest`, the C++ test driver CI runs in place of a Mesos agent (it
+//! Rust → C++: our log lines into the agent's glog, through a C function
+//! pointer the shim registers (`mesos_gelf_set_log`). Tests also call the
+//! C entry `mesos_gelf_shim_selftest`, the C++ test driver CI runs in place of a Mesos agent (it
 //! drives `ShimCore` exactly as `cpp/logger.cpp` does).
 //! Errors cross as `rust::Error` exceptions whose `what()` is our message.
 
@@ -30,7 +31,8 @@ pub mod ffi {
         type ModuleLogger;
 
         /// Validates the parameters; errors name the parameter. From then on
-        /// our log lines go to `agent_log` (the agent's glog in the module).
+        /// our log lines go to the function the shim registered with
+        /// `mesos_gelf_set_log` (the agent's glog in the module).
         fn create_logger(params: &Vec<Param>) -> Result<Box<ModuleLogger>>;
         /// Starts the publisher thread; resumes spools left by a previous agent.
         fn initialize(self: &mut ModuleLogger) -> Result<()>;
@@ -52,10 +54,6 @@ pub mod ffi {
     unsafe extern "C++" {
         include!("mesos-gelf-logger/include/shim_core.hpp");
 
-        /// One log line: 0 info, 1 warning, 2 error (glog in the module).
-        fn agent_log(level: i32, msg: &str);
-        /// Test driver in C++: see cpp/shim_selftest.cpp.
-        fn shim_selftest(spec: &str) -> String;
     }
 }
 
@@ -79,8 +77,36 @@ fn library_dir() -> Option<PathBuf> {
     path.parent().map(|d| d.to_path_buf())
 }
 
+/// The C++ side's log function (glog in the module), set by
+/// `ShimCore::create` through [`mesos_gelf_set_log`]. A plain C function
+/// pointer rather than a cxx `extern "C++"` call: so nothing in this
+/// library calls into C++ by itself, and the lean companion binary, which
+/// links the same library, needs no C++ runtime.
+static C_LOG: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+type CLogFn = unsafe extern "C" fn(i32, *const u8, usize);
+
+/// Called by the C++ shim before it creates the logger: our log lines go
+/// to `f(level, bytes, len)` from then on (0 info, 1 warning, 2 error).
+#[no_mangle]
+pub extern "C" fn mesos_gelf_set_log(f: Option<CLogFn>) {
+    C_LOG.store(
+        f.map_or(0, |f| f as usize),
+        std::sync::atomic::Ordering::SeqCst,
+    );
+    crate::log::set_sink(log_to_agent);
+}
+
 fn log_to_agent(level: i32, msg: &str) {
-    ffi::agent_log(level, msg);
+    let p = C_LOG.load(std::sync::atomic::Ordering::SeqCst);
+    if p == 0 {
+        eprintln!("mesos-gelf: {msg}");
+        return;
+    }
+    // SAFETY: only ever set from a valid `CLogFn` by mesos_gelf_set_log.
+    let f: CLogFn = unsafe { std::mem::transmute::<usize, CLogFn>(p) };
+    // SAFETY: the pointer and length describe `msg`, alive for the call.
+    unsafe { f(level, msg.as_ptr(), msg.len()) };
 }
 
 /// Runs a call from the agent; a panic (a bug of ours) becomes an error for
@@ -103,7 +129,6 @@ fn create_logger(params: &Vec<ffi::Param>) -> Result<Box<ModuleLogger>, String> 
 }
 
 fn create_logger_inner(params: &[ffi::Param]) -> Result<Box<ModuleLogger>, String> {
-    crate::log::set_sink(log_to_agent);
     let pairs: Vec<(&str, &str)> = params
         .iter()
         .map(|p| (p.key.as_str(), p.value.as_str()))

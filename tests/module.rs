@@ -4,7 +4,6 @@
 
 mod support;
 
-use mesos_gelf_logger::bridge::ffi;
 use mesos_gelf_logger::config::Config;
 use mesos_gelf_logger::logger::Logger;
 use serde_json::Value;
@@ -98,7 +97,7 @@ fn cpp_driver_prepares_each_fixture_like_the_shim() {
         shared("fixtures/container_config/bad/not_json.txt").display()
     ));
     spec.push_str(&format!("wait_empty\t{}\t60000\n", spool.display()));
-    let report = ffi::shim_selftest(&spec);
+    let report = shim_selftest(&spec);
     let lines: Vec<&str> = report.lines().collect();
     assert_eq!(lines[0], "created", "{report}");
     assert_eq!(lines[1], "initialized", "{report}");
@@ -174,24 +173,23 @@ fn cpp_driver_prepares_each_fixture_like_the_shim() {
 fn cpp_driver_rejects_bad_parameters_at_create() {
     let spec =
         "param\tkafka.bootstrap.servers\t127.0.0.1:9\nparam\tsandbox_max_files\tmany\ninit\n";
-    let report = ffi::shim_selftest(spec);
+    let report = shim_selftest(spec);
     assert!(
         report.starts_with("create_error\tparameter `sandbox_max_files`"),
         "{report}"
     );
-    let report = ffi::shim_selftest("param\ttopic\tx\ninit\n");
+    let report = shim_selftest("param\ttopic\tx\ninit\n");
     assert!(
         report.contains("`kafka.bootstrap.servers` is required"),
         "{report}"
     );
-    let report = ffi::shim_selftest(
-        "param\tkafka.bootstrap.servers\th:1\nparam\tkafka.bogus.prop\t1\ninit\n",
-    );
+    let report =
+        shim_selftest("param\tkafka.bootstrap.servers\th:1\nparam\tkafka.bogus.prop\t1\ninit\n");
     assert!(
         report.contains("invalid Kafka configuration") && report.contains("bogus.prop"),
         "{report}"
     );
-    let report = ffi::shim_selftest(
+    let report = shim_selftest(
         "param\tkafka.bootstrap.servers\th:1\nparam\tcompanion_path\t/nonexistent\ninit\n",
     );
     assert!(report.contains("parameter `companion_path`"), "{report}");

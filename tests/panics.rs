@@ -19,7 +19,6 @@ fn fault_injection_tests_skipped() {
 #[cfg(feature = "fault-injection")]
 #[test]
 fn panics_in_the_publisher_or_a_bridge_call_never_reach_the_agent() {
-    use mesos_gelf_logger::bridge::ffi;
     use mesos_gelf_logger::config::Config;
     use mesos_gelf_logger::logger::Logger;
     use std::io::Write;
@@ -74,12 +73,12 @@ fn panics_in_the_publisher_or_a_bridge_call_never_reach_the_agent() {
         bin().display(),
         cfg.display()
     );
-    let report = ffi::shim_selftest(&spec);
+    let report = shim_selftest(&spec);
     assert!(
         report.contains("prepare_error\tc-bridge") && report.contains("internal error (panic"),
         "{report}"
     );
     std::env::remove_var("GELF_FAULT_INJECT");
-    let report = ffi::shim_selftest(&spec);
+    let report = shim_selftest(&spec);
     assert!(report.contains("prepared\tc-bridge"), "{report}");
 }

@@ -698,3 +698,19 @@ impl Drop for Tmpfs {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
     }
 }
+
+/// The C++ test driver (cpp/shim_selftest.cpp): drives ShimCore exactly as
+/// the Mesos shim does, from a spec; returns its report.
+pub fn shim_selftest(spec: &str) -> String {
+    extern "C" {
+        fn mesos_gelf_shim_selftest(spec: *const libc::c_char) -> *mut libc::c_char;
+    }
+    let c = std::ffi::CString::new(spec).expect("no NUL in a spec");
+    // SAFETY: a valid C string in; a malloc'd C string out, freed here.
+    unsafe {
+        let r = mesos_gelf_shim_selftest(c.as_ptr());
+        let s = std::ffi::CStr::from_ptr(r).to_string_lossy().into_owned();
+        libc::free(r as *mut libc::c_void);
+        s
+    }
+}
