@@ -155,6 +155,7 @@ fn hostile_json_is_capped_renamed_or_passed_through() {
         deep.clone(),
         many.clone(),
         r#"{"msg":"dup","k":"first","k":"second"}"#.to_string(),
+        r#"{"msg":"order","z_y":"written first","z.y":"written second"}"#.to_string(),
         r#"{"msg":"huge","n":123456789012345678901234567890,"f":1e308}"#.to_string(),
         r#"{"msg":"names","_id":1,"id":2,"source":3,"message":4,"version":5,"host":6,"a.b":7,"a_b":8,"gl2_x":9,"_seq":10,"container_id":11,"label_x":12}"#.to_string(),
         format!("{{\"msg\":\"big\",\"v\":\"{}\"}}", "v".repeat(100_000)),
@@ -205,6 +206,9 @@ fn hostile_json_is_capped_renamed_or_passed_through() {
     assert_eq!(n, 100);
     assert_eq!(v["_parse_cut"], 9_900);
     assert_eq!(by_text(&msgs, "dup")["_k"], "second", "the last duplicate");
+    // Two names that meet: the one written first wins, whatever their
+    // alphabetical order.
+    assert_eq!(by_text(&msgs, "order")["_z_y"], "written first");
     let h = by_text(&msgs, "huge");
     assert!(h["_n"].is_string() && h["_f"].is_string());
     let v = by_text(&msgs, "names");
@@ -238,6 +242,28 @@ fn hostile_json_is_capped_renamed_or_passed_through() {
         .filter(|m| m["_line_part"].is_number())
         .collect();
     assert!(parts.len() >= 2 && parts.iter().all(|m| m.get("_v").is_none()));
+}
+
+#[test]
+fn kept_numbers_are_exact_or_strings() {
+    // parse_numbers=keep: what Graylog can store as a long or a double stays
+    // a number, digit for digit; anything else arrives as its exact text.
+    let line = r#"{"msg":"keep","big":123456789012345678901234567890,"i":-5,"u":18446744073709551615,"f":1.5,"inf":1e999,"exact":9007199254740993,"neg":-9223372036854775808}"#;
+    let msgs = run_sh(
+        &["parse=json", "parse_numbers=keep"],
+        &format!("echo '{line}'"),
+    );
+    let v = by_text(&msgs, "keep");
+    assert_eq!(v["_big"], "123456789012345678901234567890");
+    assert_eq!(v["_u"], "18446744073709551615");
+    assert_eq!(
+        v["_inf"], "1e+999",
+        "the same number, as serde_json writes it"
+    );
+    assert_eq!(v["_i"].as_i64(), Some(-5));
+    assert_eq!(v["_f"].as_f64(), Some(1.5));
+    assert_eq!(v["_exact"].as_i64(), Some(9_007_199_254_740_993));
+    assert_eq!(v["_neg"].as_i64(), Some(i64::MIN));
 }
 
 #[test]

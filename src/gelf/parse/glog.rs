@@ -112,13 +112,17 @@ fn when(d: [u32; 7], arrival: i64) -> Option<i64> {
     if !(1..=12).contains(&mo) || !(1..=31).contains(&day) || h > 23 || mi > 59 || s > 60 {
         return None;
     }
+    // The latest year, from the arrival's, in which the date exists (29
+    // February) and that puts it at most a day after the arrival.
     let year = time::local_year(arrival);
-    let t = time::local(year, mo, day, h, mi, s, us)?;
-    if t > arrival + 86_400_000_000 {
-        time::local(year - 1, mo, day, h, mi, s, us)
-    } else {
-        Some(t)
-    }
+    (0..8).find_map(|back| {
+        let y = year - back;
+        let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+        if mo == 2 && day == 29 && !leap {
+            return None;
+        }
+        time::local(y, mo, day, h, mi, s, us).filter(|t| *t <= arrival + 86_400_000_000)
+    })
 }
 
 pub fn parse(line: &str, arrival_us: i64) -> Option<Parsed> {
@@ -188,6 +192,9 @@ mod tests {
         assert_eq!(e.ts_micros, time::local(2026, 1, 1, 0, 0, 1, 0));
         let f = parse("F0101 00:00:01.000000 1 a.cc:1] x", arrival("0101")).unwrap();
         assert_eq!(f.level, Some(2));
+        // 29 February seen in November 2026: 2024's.
+        let feb = parse("I0229 12:00:00.000000 1 a.cc:1] x", arrival("1125")).unwrap();
+        assert_eq!(feb.ts_micros, time::local(2024, 2, 29, 12, 0, 0, 0));
         // December seen in January: last year.
         let dec = parse("I1231 23:59:59.000000 1 a.cc:1] x", arrival("0101")).unwrap();
         assert_eq!(dec.ts_micros, time::local(2025, 12, 31, 23, 59, 59, 0));

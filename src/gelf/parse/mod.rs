@@ -148,6 +148,17 @@ pub fn level_name(s: &str) -> Option<u8> {
     })
 }
 
+/// A number Graylog can index as a long or a double without changing it.
+fn graylog_number(n: &serde_json::Number) -> bool {
+    n.is_i64()
+        || n.as_u64().is_some_and(|u| u <= i64::MAX as u64)
+        || (n.is_f64() && n.as_f64().is_some_and(f64::is_finite) && {
+            // A float whose text round-trips (not an integer beyond 2^53).
+            let t = n.to_string();
+            t.contains(['.', 'e', 'E'])
+        })
+}
+
 /// Collects an application's keys as GELF fields: sanitised names (`.` and
 /// other bytes become `_`), the prefix `log_` for a name Graylog reserves or
 /// we already use (`_container_id`, `_seq` ...), the first of two keys
@@ -190,6 +201,9 @@ impl<'a> Fields<'a> {
         }
         let v = match (v, self.numbers) {
             (Value::Num(n), Numbers::String) => Value::Str(n.to_string()),
+            // Graylog stores numbers as longs or doubles: anything else
+            // (an integer past i64, 1e999) stays exact as a string.
+            (Value::Num(n), Numbers::Keep) if !graylog_number(&n) => Value::Str(n.to_string()),
             (v, _) => v,
         };
         let len = match &v {
