@@ -260,6 +260,45 @@ fn stray_entries_in_the_spool_dir_are_never_waited_for_nor_deleted() {
 }
 
 #[test]
+fn a_spool_copied_by_hand_without_done_marker_or_companion_is_shipped_then_given_up() {
+    // A container spool with no `done` marker and no companion lock (copied
+    // from another machine, say): nothing will ever finish it. `publish
+    // --until-empty` ships every record, then gives up on it by name
+    // instead of waiting forever.
+    let broker = Broker::start();
+    let d = tempfile::tempdir().unwrap();
+    let spool = d.path().join("spool");
+    let topic = json!({"task_info": {"name": "x", "task_id": {"value": "x"}, "labels": {"labels": [{"key": "gelf.topic", "value": "orphan"}]}}});
+    spool_lines(&spool, &d.path().join("c"), "c-orphan", 300, topic);
+    std::fs::remove_file(spool.join("c-orphan/data/done")).unwrap();
+    std::fs::remove_file(spool.join("c-orphan/data/companion.lock")).unwrap();
+    let ran = run_bounded(
+        &mut publish(
+            &spool,
+            &broker.addr(),
+            &["--until-empty", "--give-up-after", "3"],
+        ),
+        Duration::from_secs(120),
+    );
+    ran.assert_code(3);
+    let err = ran.stderr();
+    assert!(
+        err.contains("giving up on c-orphan") && err.contains("no `done` marker"),
+        "{err}"
+    );
+    assert!(err.len() < 4096, "small output: {err}");
+    let mut w = SeqWatch::new(&[("c-orphan", 300)]);
+    consume_until(
+        &broker.addr(),
+        "orphan",
+        Duration::from_secs(90),
+        Duration::ZERO,
+        |m| w.add(m),
+    );
+    assert!(spool.join("c-orphan").is_dir(), "kept: it may still grow");
+}
+
+#[test]
 fn a_second_publisher_is_refused_naming_the_first_and_nothing_ships_twice() {
     let broker = Broker::start();
     let d = tempfile::tempdir().unwrap();
@@ -282,8 +321,20 @@ fn a_second_publisher_is_refused_naming_the_first_and_nothing_ships_twice() {
         &mut publish(&spool, &broker.addr(), &["--until-empty"]),
         Duration::from_secs(30),
     );
+    // The pid file is only a note: deleting it lets nobody in.
+    std::fs::remove_file(spool.join("publisher.lock")).unwrap();
+    let third = run_bounded(
+        &mut publish(&spool, &broker.addr(), &["--until-empty"]),
+        Duration::from_secs(30),
+    );
     let st = wait_child(&mut first, Duration::from_secs(180));
     assert!(st.is_some_and(|s| s.success()), "first publisher: {st:?}");
+    third.assert_code(2);
+    assert!(
+        third.stderr().contains("another publisher"),
+        "{}",
+        third.stderr()
+    );
     second.assert_code(2);
     let err = second.stderr();
     assert!(
@@ -526,6 +577,24 @@ fn tls_right_ca_delivers_wrong_ca_or_host_is_named_and_kept_for_later() {
     ];
     // Right CA: every line.
     run_on(tls_port, &ca, "c-tls").assert_code(0);
+    // TLS against the plaintext listener: the handshake never completes;
+    // named as TLS (not "transport") within the 10 s set-up timeout.
+    let ran = run_on(broker.port, &ca, "c-plain");
+    ran.assert_code(3);
+    assert!(
+        ran.stderr().contains("TLS handshake") && ran.elapsed < Duration::from_secs(45),
+        "{:?}: {}",
+        ran.elapsed,
+        ran.stderr()
+    );
+    if let Some(kept) = ran
+        .stderr()
+        .split("--spool-dir ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+    {
+        let _ = std::fs::remove_dir_all(kept);
+    }
     // Wrong CA, and a certificate for another host: named within seconds,
     // the lines kept, `run` ends with 3 and the command that ships them.
     let mut spools = Vec::new();

@@ -218,6 +218,28 @@ impl Publisher {
             .store(self.containers.len() as u64, Ordering::Relaxed);
     }
 
+    /// Forgets containers whose directory vanished (removed by hand, or by
+    /// another publisher that got in); says so once. Checked with the
+    /// periodic rescan, not per loop.
+    pub(super) fn drop_vanished(&mut self) {
+        let vanished: Vec<String> = self
+            .containers
+            .values()
+            .filter(|c| !c.dir.exists())
+            .map(|c| c.key.clone())
+            .collect();
+        for k in vanished {
+            let c = self.containers.remove(&k).expect("container");
+            self.slots.remove(&c.slot);
+            self.watcher.unwatch(&k);
+            let dir = c.dir.display().to_string();
+            self.health.warn(&format!("{k}\0vanished"), || {
+                format!("container spool {dir} vanished while it was being published (removed by someone else)")
+            });
+            self.health.forget(&k);
+        }
+    }
+
     /// Removes retained data older than `spool_retain`: segments of
     /// finished containers, then the containers once empty.
     pub(super) fn sweep_retained(&mut self) {

@@ -68,11 +68,25 @@ impl Publisher {
             return;
         };
         for e in rd.flatten() {
+            let key = e.file_name().to_string_lossy().into_owned();
             // DirEntry::file_type does not follow symlinks: a link is ignored.
             if !e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                let ours = [
+                    crate::spool::lock::LOCK_FILE,
+                    "metrics.json",
+                    "metrics.json.tmp",
+                ];
+                if !ours.contains(&key.as_str())
+                    && self.ignored.len() < IGNORED_MAX
+                    && self.ignored.insert(key.clone())
+                {
+                    log::info(&format!(
+                        "ignoring {} in the spool directory: not a container spool of ours (never waited for, never deleted)",
+                        e.path().display()
+                    ));
+                }
                 continue;
             }
-            let key = e.file_name().to_string_lossy().into_owned();
             if self.containers.contains_key(&key)
                 || self.unready.contains_key(&key)
                 || self.retained.contains(&key)
@@ -220,6 +234,7 @@ impl Publisher {
                 notices: notices::Notices::load(&dir),
                 companion_gone: false,
                 refused: false,
+                last_read: Instant::now(),
                 spool_bytes: 0,
                 size_dirty: true,
             },

@@ -164,6 +164,8 @@ struct Container {
     companion_gone: bool,
     /// Holds a spool format newer than this release reads: left alone.
     refused: bool,
+    /// When a record was last read from its spool (or it was adopted).
+    last_read: Instant,
 }
 
 struct NestedWait {
@@ -339,6 +341,7 @@ impl Publisher {
                 last_rescan = Instant::now();
                 self.scan_root();
                 self.sweep_retained();
+                self.drop_vanished();
                 self.check_companions();
                 self.update_pending_metrics();
             }
@@ -475,10 +478,32 @@ impl Publisher {
             Some((c, t)) if c.permanent() && t.elapsed() >= after);
         let blocked = |c: &Container| {
             let own = matches!(c.failing, Some((f, t)) if f.permanent() && t.elapsed() >= after);
-            own || (client && (!c.inflight.is_empty() || c.held.is_some()))
+            // Nothing to send, no `done`, nothing new for that long, and no
+            // companion known to be alive (a spool copied by hand, or left
+            // by a version without the lock): it will not end by itself.
+            let orphan = c.inflight.is_empty()
+                && c.held.is_none()
+                && !c.finished
+                && c.last_read.elapsed() >= after
+                && crate::spool::companion_alive(c.reader.dir()) != Some(true);
+            own || orphan || (client && (!c.inflight.is_empty() || c.held.is_some()))
         };
         if !self.containers.values().all(blocked) {
             return None;
+        }
+        let orphans: Vec<&str> = self
+            .containers
+            .values()
+            .filter(|c| c.failing.is_none() && c.inflight.is_empty() && c.held.is_none())
+            .map(|c| c.key.as_str())
+            .collect();
+        if !orphans.is_empty() && !client {
+            return Some(format!(
+                "giving up on {}: no new records for {} s, no `done` marker and no live companion (a spool copied by hand, or one whose companion is gone without a trace); {}",
+                orphans.join(", "),
+                after.as_secs(),
+                remaining()
+            ));
         }
         let why = self
             .metrics

@@ -93,6 +93,7 @@ impl Publisher {
                 Some(h) => h,
                 None => match c.reader.read_next() {
                     Ok(Next::Record(r, p)) => {
+                        c.last_read = now;
                         if r.stream == Stream::Notice {
                             Metrics::add(&self.metrics.loss_notices, 1);
                             count_losses(&self.metrics, &mut c.loss_totals, &r.payload);

@@ -1,13 +1,16 @@
-//! One publisher per spool: an exclusive `flock` on `<spool_dir>/publisher.lock`,
-//! held for as long as a publisher runs.
+//! One publisher per spool: an exclusive `flock` on the spool directory
+//! itself, held for as long as a publisher runs; the holder's pid is in
+//! `<spool_dir>/publisher.lock`.
 //!
 //! Two publishers on one spool would each ship every record (and race on
 //! checkpoints), so a second one, whether `mesos-gelf publish`, `run` with
-//! that `spool_dir`, or a second agent, is refused with the holder's pid,
-//! which the holder writes into the file. `flock` belongs to the open file
-//! description: it is released when the holder exits or is killed, a second
-//! opener in the same process conflicts too, and the fd is close-on-exec,
-//! so no companion or task inherits it. Read-only tools take no lock.
+//! that `spool_dir`, or a second agent, is refused with the holder's pid.
+//! The lock is on the directory, not on a file in it, so deleting
+//! `publisher.lock` cannot let a second publisher in. `flock` belongs to the
+//! open file description: it is released when the holder exits or is
+//! killed, a second opener in the same process conflicts too, and the fd is
+//! close-on-exec, so no companion or task inherits it. Read-only tools take
+//! no lock.
 
 use std::fs::File;
 use std::io::{Read, Seek, Write};
@@ -20,7 +23,7 @@ pub const LOCK_FILE: &str = "publisher.lock";
 /// The held lock; dropping it releases it.
 #[derive(Debug)]
 pub struct SpoolLock {
-    _file: File,
+    _dir: File,
     pub path: PathBuf,
 }
 
@@ -42,7 +45,7 @@ impl LockError {
                 spool_dir.join(LOCK_FILE).display()
             ),
             LockError::Held(None) => format!(
-                "spool {} is being published by another publisher (it holds {}); only one publisher may ship a spool",
+                "spool {} is being published by another publisher (it holds a lock on the directory; its pid, normally in {}, is missing); only one publisher may ship a spool",
                 spool_dir.display(),
                 spool_dir.join(LOCK_FILE).display()
             ),
@@ -56,33 +59,44 @@ impl LockError {
 }
 
 impl SpoolLock {
-    /// Takes the lock without waiting, and writes our pid into it.
+    /// Takes the lock without waiting, and writes our pid next to it.
     pub fn acquire(spool_dir: &Path) -> Result<SpoolLock, LockError> {
         let path = spool_dir.join(LOCK_FILE);
-        let mut f = std::fs::OpenOptions::new()
+        let dir = std::fs::OpenOptions::new()
             .read(true)
+            .custom_flags(libc::O_CLOEXEC | libc::O_DIRECTORY)
+            .open(spool_dir)
+            .map_err(LockError::Io)?;
+        // SAFETY: flock on our own fd.
+        if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(LockError::Io(e));
+            }
+            let mut s = String::new();
+            if let Ok(f) = super::open_untrusted(&path) {
+                let _ = f.take(32).read_to_string(&mut s);
+            }
+            return Err(LockError::Held(s.trim().parse().ok()));
+        }
+        // The pid, for the refusal message of the next one (best effort: a
+        // full disk does not stop publishing).
+        let pid = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(false)
             .mode(0o644)
             .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK)
             .open(&path)
-            .map_err(LockError::Io)?;
-        // SAFETY: flock on our own fd.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
-                return Err(LockError::Io(e));
-            }
-            let mut s = String::new();
-            let _ = Read::by_ref(&mut f).take(32).read_to_string(&mut s);
-            return Err(LockError::Held(s.trim().parse().ok()));
+            .and_then(|mut f| {
+                f.set_len(0)?;
+                f.rewind()?;
+                f.write_all(format!("{}\n", std::process::id()).as_bytes())
+            });
+        if let Err(e) = pid {
+            crate::log::warn(&format!("cannot write {}: {e}", path.display()));
         }
-        f.set_len(0).map_err(LockError::Io)?;
-        f.rewind().map_err(LockError::Io)?;
-        f.write_all(format!("{}\n", std::process::id()).as_bytes())
-            .map_err(LockError::Io)?;
-        Ok(SpoolLock { _file: f, path })
+        Ok(SpoolLock { _dir: dir, path })
     }
 }
 
@@ -100,6 +114,12 @@ mod tests {
         }
         let msg = LockError::Held(Some(7)).describe(d.path());
         assert!(msg.contains("pid 7"), "{msg}");
+        // Deleting the pid file does not let a second one in.
+        std::fs::remove_file(d.path().join(LOCK_FILE)).unwrap();
+        assert!(matches!(
+            SpoolLock::acquire(d.path()),
+            Err(LockError::Held(None))
+        ));
         drop(first);
         SpoolLock::acquire(d.path()).unwrap();
     }
