@@ -159,3 +159,30 @@ fn a_leftover_process_holding_the_output_is_named_once() {
     assert!(err.contains("(sleep)"), "{err}");
     assert_eq!(gelf_lines(&ran.stdout)[0]["short_message"], "started");
 }
+
+#[test]
+fn a_command_that_cannot_run_exits_like_a_shell_would() {
+    // 127 not found, 126 found but not executable; said on stderr.
+    let d = tempfile::tempdir().unwrap();
+    let script = d.path().join("not-executable.sh");
+    std::fs::write(&script, "#!/bin/sh\necho hi\n").unwrap();
+    for (cmd, code) in [
+        (d.path().join("no-such-command"), 127),
+        (script.clone(), 126),
+    ] {
+        let ran = run_bounded(
+            Command::new(bin())
+                .args(["run", "--sandbox"])
+                .arg(d.path().join("sbx"))
+                .arg("--")
+                .arg(&cmd),
+            Duration::from_secs(60),
+        );
+        ran.assert_code(code);
+        assert!(
+            ran.stderr().contains("cannot run") && ran.stderr().contains(cmd.to_str().unwrap()),
+            "{}",
+            ran.stderr()
+        );
+    }
+}

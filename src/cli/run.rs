@@ -280,14 +280,21 @@ pub fn run(a: RunArgs) -> Result<i32, String> {
         .stdout(Stdio::from(prepared.stdout))
         .stderr(Stdio::from(prepared.stderr))
         .spawn();
+    let mut spawned_error = None;
     let mut child: Option<Child> = match spawned {
         Ok(c) => Some(c),
         Err(e) => {
             eprintln!("mesos-gelf: cannot run {}: {e}", a.cmd[0]);
+            spawned_error = Some(e.kind());
             None
         }
     };
-    let mut code: Option<i32> = child.is_none().then_some(127);
+    // As a shell: 126 found but not executable, 127 not found.
+    let not_run = match &spawned_error {
+        Some(k) if *k == std::io::ErrorKind::PermissionDenied => 126,
+        _ => 127,
+    };
+    let mut code: Option<i32> = child.is_none().then_some(not_run);
     let mut exited_at = child.is_none().then(Instant::now);
     let mut publisher = publisher;
     let mut delivered = false;
@@ -406,8 +413,25 @@ pub fn run(a: RunArgs) -> Result<i32, String> {
             .filter(|s| !s.trim_start().starts_with("spool_dir="))
             .map(|s| format!(" --set {}", shell_quote(s)))
             .collect();
+        // Say what is left exactly: records not delivered yet, or only an
+        // output that is still open (a process holds it).
+        let st = mesos_gelf_logger::spool::inspect::status(
+            &prepared.spool,
+            mesos_gelf_logger::spool::record::now_micros(),
+        );
+        let what = if st.pending_records > 0 {
+            format!(
+                "{} undelivered records of {container_id} remain",
+                st.pending_records
+            )
+        } else {
+            format!(
+                "every line of {container_id} written so far was delivered, but its output is still open (companion {}); what it writes from now on goes",
+                st.companion
+            )
+        };
         eprintln!(
-            "mesos-gelf: undelivered lines of {container_id} remain in the spool {}; ship them with:\n  mesos-gelf publish --spool-dir {} --until-empty{}",
+            "mesos-gelf: {what} in the spool {}; ship them with:\n  mesos-gelf publish --spool-dir {} --until-empty{}",
             spool_root.display(),
             shell_quote(&spool_root.display().to_string()),
             sets.concat()

@@ -77,6 +77,7 @@ impl Cause {
             Cause::Transport
         } else if has(&[
             "ssl handshake",
+            "ssl_handshake",
             "ssl routines",
             "certificate",
             "(ssl)",
@@ -293,6 +294,7 @@ mod tests {
         );
         assert_eq!(c("Global error: BrokerTransportFailure (Local: Broker transport failure): 127.0.0.1:1/bootstrap: Connect to ipv4#127.0.0.1:1 failed: Connection refused"), Cause::Transport);
         assert_eq!(c("Broken pipe (os error 32)"), Cause::Closed);
+        assert_eq!(c("FAIL: ssl://127.0.0.1:9092/bootstrap: Connection setup timed out in state SSL_HANDSHAKE (after 10023ms in state SSL_HANDSHAKE)"), Cause::Tls);
         assert_eq!(c("ssl://127.0.0.1:9093/bootstrap: Connect to ipv4#127.0.0.1:9093 failed: Connection refused (after 0ms in state CONNECT)"), Cause::Transport);
         assert!(Cause::Tls.permanent() && !Cause::Transport.permanent());
         for (i, c) in Cause::ALL.iter().enumerate() {

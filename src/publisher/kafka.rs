@@ -29,6 +29,10 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("queue.buffering.max.kbytes", "32768"),
     ("socket.keepalive.enable", "true"),
     ("reconnect.backoff.max.ms", "5000"),
+    // A connection that does not get through its set-up (TCP, TLS, SASL)
+    // in 10 s is reported, with the state it was stuck in: a TLS client
+    // against a plaintext listener just hangs in SSL_HANDSHAKE otherwise.
+    ("socket.connection.setup.timeout.ms", "10000"),
 ];
 
 struct Ctx {
@@ -40,9 +44,14 @@ impl ClientContext for Ctx {
     fn error(&self, error: KafkaError, reason: &str) {
         let _ = self.errors.send(format!("{error}: {reason}"));
     }
-    fn log(&self, _level: RDKafkaLogLevel, _fac: &str, _log_message: &str) {
-        // librdkafka's own chatter stays out of the agent log; errors arrive
-        // through `error` above.
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        // librdkafka's chatter stays out of the agent log, but its errors
+        // and its broker connection failures (`FAIL`) go to the publisher: some causes (a TLS
+        // handshake against a plaintext listener, SASL) appear only here.
+        // The publisher classifies them and logs each cause rate-limited.
+        if (level as i32) <= (RDKafkaLogLevel::Error as i32) || fac == "FAIL" {
+            let _ = self.errors.send(format!("{fac}: {log_message}"));
+        }
     }
 }
 
@@ -82,6 +91,10 @@ pub fn client_config(props: &BTreeMap<String, String>) -> ClientConfig {
     for (k, v) in props {
         cc.set(k, v);
     }
+    // rust-rdkafka derives librdkafka's log level from the `log` crate,
+    // which nothing configures here: ask for warnings and errors (see
+    // `Ctx::log`), not silence.
+    cc.set_log_level(RDKafkaLogLevel::Warning);
     cc
 }
 
