@@ -228,6 +228,52 @@ fn broker_replaced_on_the_same_port_receives_everything_unacknowledged() {
     );
 }
 
+#[test]
+fn broker_restarted_empty_on_the_same_port_gets_everything_written_after() {
+    // A broker killed outright (memory storage: it comes back knowing no
+    // producer) while the producer is idle. The producer's next batch
+    // names a producer id the new broker does not know; tansu answers
+    // UnknownProducerId to every retry, for ever. The publisher notices
+    // that nothing is acknowledged by a broker it can reach, and starts a
+    // new producer.
+    let mut old = Broker::start();
+    let port = old.port;
+    let d = tempfile::tempdir().unwrap();
+    let (mid, go) = (d.path().join("mid"), d.path().join("go"));
+    let script = format!(
+        "seq 1 1000; touch {m}; while [ ! -e {g} ]; do sleep 0.05; done; seq 1001 3000",
+        m = mid.display(),
+        g = go.display()
+    );
+    let run = spawn_run(
+        &old.addr(),
+        "restarted",
+        "c-restarted",
+        &d.path().join("sbx"),
+        &script,
+    );
+    assert!(wait_for_file(&mid, Duration::from_secs(30)));
+    let first = consume(&old.addr(), "restarted", 1000, Duration::from_secs(60));
+    assert_eq!(
+        assert_complete(&seqs_by_container(&first)["c-restarted"], 1000),
+        0
+    );
+    old.kill();
+    let new = Broker::start_on(port);
+    std::fs::write(&go, b"").unwrap();
+    wait_ok(run, Duration::from_secs(180));
+    let msgs = consume(&new.addr(), "restarted", 2000, Duration::from_secs(120));
+    let mut later: Vec<u64> = seqs_by_container(&msgs)
+        .remove("c-restarted")
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|&s| s > 1000)
+        .collect();
+    later.sort_unstable();
+    later.dedup();
+    assert_eq!(later, (1001..=3000).collect::<Vec<u64>>());
+}
+
 /// Sets up a container spool without a publisher (the agent is "down"),
 /// writes `n` lines through the real companion and closes the pipes.
 /// The topic is the container's, fixed at prepare time (meta.json).

@@ -49,6 +49,7 @@ impl Publisher {
                 mark_acked(c, d.ticket.index);
                 self.health.delivered();
                 self.stall_since = (self.in_flight_msgs > 0).then(Instant::now);
+                self.rebuild_after = super::REBUILD_STALLED_AFTER;
                 return;
             }
             Err(DeliveryError::TooLarge(m)) | Err(DeliveryError::Other(m)) => m,
@@ -91,6 +92,7 @@ impl Publisher {
         c.held = None;
         c.finished = false;
         c.reader.seek(c.acked);
+        c.last_read = Instant::now();
         let wait = if cause == Cause::TooLarge {
             Duration::ZERO
         } else {
@@ -131,6 +133,7 @@ impl Publisher {
             c.may_have_data = true;
             c.notices.resend();
             c.reader.seek(c.acked);
+            c.last_read = Instant::now();
         }
     }
 
@@ -143,6 +146,15 @@ impl Publisher {
         } else if let Some(t) = self.stall_since {
             if t.elapsed() >= STALL_AFTER {
                 self.health.stalled(t.elapsed());
+            }
+            if t.elapsed() >= self.rebuild_after {
+                let why = format!(
+                    "no delivery acknowledged for {} s (broker down, frozen, or restarted without knowing this producer)",
+                    t.elapsed().as_secs()
+                );
+                self.rebuild_after = (self.rebuild_after * 2).min(super::REBUILD_STALLED_MAX);
+                self.stall_since = None;
+                self.rebuild_sink(&why);
             }
         }
     }

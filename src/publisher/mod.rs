@@ -35,6 +35,14 @@ use crate::spool::{
     list_segments, segment_path, ContainerMeta, Next, Position, Record, SpoolReader,
 };
 use health::{Health, STALL_AFTER};
+
+/// A sink with records in flight and no delivery for this long is rebuilt:
+/// a broker restarted without its state (or replaced behind the same
+/// address) answers the old producer id with UnknownProducerId for ever,
+/// and librdkafka keeps retrying it silently. A new producer gets a new id.
+/// Harmless when the broker is simply down: the new producer waits too.
+const REBUILD_STALLED_AFTER: Duration = Duration::from_secs(30);
+const REBUILD_STALLED_MAX: Duration = Duration::from_secs(600);
 use metrics::Metrics;
 use sink::{Delivery, DeliveryError, SendError, Sink, Ticket};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -201,6 +209,9 @@ pub struct Publisher {
     in_flight_msgs: u64,
     /// Since when records have been in flight without any delivery.
     stall_since: Option<Instant>,
+    /// How long a stall may last before the sink is rebuilt (doubles after
+    /// each rebuild, back to [`REBUILD_STALLED_AFTER`] on a delivery).
+    rebuild_after: Duration,
     /// The sink said its destination is gone for good.
     closed: Option<String>,
     scratch: Vec<u8>,
@@ -258,6 +269,7 @@ impl Publisher {
             in_flight_bytes: 0,
             in_flight_msgs: 0,
             stall_since: None,
+            rebuild_after: REBUILD_STALLED_AFTER,
             closed: None,
             scratch: Vec::with_capacity(64 * 1024),
         })
@@ -476,17 +488,22 @@ impl Publisher {
         }
         let client = matches!(self.health.client_problem,
             Some((c, t)) if c.permanent() && t.elapsed() >= after);
-        let blocked = |c: &Container| {
-            let own = matches!(c.failing, Some((f, t)) if f.permanent() && t.elapsed() >= after);
-            // Nothing to send, no `done`, nothing new for that long, and no
-            // companion known to be alive (a spool copied by hand, or left
-            // by a version without the lock): it will not end by itself.
-            let orphan = c.inflight.is_empty()
+        // Nothing to send, no `done`, nothing new for that long, and no
+        // companion lock at all (a spool copied by hand, or left by a
+        // version without the lock): it will not end by itself. (A
+        // companion that died leaves its lock file: `check_companions`
+        // marks that spool done.)
+        let orphan = |c: &Container| {
+            c.inflight.is_empty()
                 && c.held.is_none()
                 && !c.finished
                 && c.last_read.elapsed() >= after
-                && crate::spool::companion_alive(c.reader.dir()) != Some(true);
-            own || orphan || (client && (!c.inflight.is_empty() || c.held.is_some()))
+                && !c.reader.dir().join(crate::spool::DONE_FILE).exists()
+                && crate::spool::companion_alive(c.reader.dir()).is_none()
+        };
+        let blocked = |c: &Container| {
+            let own = matches!(c.failing, Some((f, t)) if f.permanent() && t.elapsed() >= after);
+            own || orphan(c) || (client && (!c.inflight.is_empty() || c.held.is_some()))
         };
         if !self.containers.values().all(blocked) {
             return None;
@@ -494,7 +511,7 @@ impl Publisher {
         let orphans: Vec<&str> = self
             .containers
             .values()
-            .filter(|c| c.failing.is_none() && c.inflight.is_empty() && c.held.is_none())
+            .filter(|c| orphan(c))
             .map(|c| c.key.as_str())
             .collect();
         if !orphans.is_empty() && !client {
