@@ -47,7 +47,7 @@ fn torn_tail_at_every_byte_offset_is_detected_and_skipped() {
         ));
     }
     w.flush();
-    w.finish(&mut 0).unwrap();
+    w.finish(&mut 0, [5, 0]).unwrap();
     let seg = segment_path(d.path(), list_segments(d.path()).unwrap()[0]);
     let full = std::fs::read(&seg).unwrap();
     let last_len = Record::frame_len(format!("record number {} with some payload", 5).len());
@@ -117,7 +117,7 @@ fn checkpoint_resume_and_acknowledged_segments_are_deleted() {
             w.flush();
         }
     }
-    w.finish(&mut 0).unwrap();
+    w.finish(&mut 0, [2000, 0]).unwrap();
     assert!(list_segments(d.path()).unwrap().len() > 5);
     let (mut r, _) = SpoolReader::open(d.path());
     let mut pos = Position::default();
@@ -157,7 +157,7 @@ fn cap_keeps_newest(cap: u64, n: u64, flush_every: u64) {
         }
     }
     w.flush();
-    let totals = w.finish(&mut 0).unwrap();
+    let totals = w.finish(&mut 0, [n, 0]).unwrap();
     let dropped = totals
         .iter()
         .find(|(r, _)| *r == LossReason::SpoolCap)
@@ -307,7 +307,7 @@ fn planted_links_and_fifos_in_data_are_never_followed_written_or_waited_on() {
     let other = d.path().join("other");
     let mut w = SpoolWriter::open(&other, 1 << 20, 1 << 30).unwrap();
     w.append(&rec(1, b"another container's secret"));
-    w.finish(&mut 0).unwrap();
+    w.finish(&mut 0, [1, 0]).unwrap();
     // A root-owned file the task would like overwritten, and a checkpoint
     // elsewhere that would skip the task's records if it were read.
     let victim = d.path().join("victim");
@@ -338,7 +338,7 @@ fn planted_links_and_fifos_in_data_are_never_followed_written_or_waited_on() {
     for i in 4..=6 {
         w.append(&rec(i, format!("line {i}").as_bytes()));
     }
-    w.finish(&mut 0).unwrap();
+    w.finish(&mut 0, [6, 0]).unwrap();
 
     // Read on another thread so that a hang fails the test instead of
     // stalling it.

@@ -396,7 +396,8 @@ pub fn run(args: &CompanionArgs) {
     // reads a companion's exit.
     match writer {
         Some(w) => {
-            let _ = w.finish(&mut notice_seq);
+            let last = [inputs[0].asm.seq(), inputs[1].asm.seq()];
+            let _ = w.finish(&mut notice_seq, last);
         }
         None if args.spool.is_some() => {
             let _ = crate::spool::mark_done(&data);

@@ -223,6 +223,9 @@ impl Publisher {
                 failing: None,
                 backoff: RETRY_BACKOFF,
                 loss_totals: Default::default(),
+                loss_trimmed: Default::default(),
+                notices_corrected: 0,
+                ledger: ledger::Ledger::new(acked == crate::spool::Position::default()),
                 torn_counted: 0,
                 nested: crate::nested::lookup_for(&meta.identity).map(|lookup| NestedWait {
                     lookup,

@@ -105,17 +105,35 @@ impl Publisher {
         c.spool_bytes = c.spool_bytes.saturating_sub(size);
         let mut records = 0;
         for (stream, span) in summary.spans {
-            records += span.records;
+            // Named through the ledger: unread records, so normally all
+            // of them (and the gap they leave is then explained).
+            let named = ledger::Ranges::from_pairs(&span.ranges);
+            let (keep, _) = c.ledger.notice(stream, &named);
+            let n = span.records.min(keep.count());
+            if n == 0 {
+                continue;
+            }
+            records += n;
             c.notices.add_loss(Loss {
                 reason: LossReason::Budget,
                 stream: Some(stream),
-                records: span.records,
-                bytes: span.bytes,
-                seqs: span.ranges,
+                records: n,
+                bytes: span.bytes * n / span.records.max(1),
+                seqs: keep.pairs().to_vec(),
             });
         }
-        for l in summary.notices {
-            // What a dropped companion notice said is reported again.
+        for mut l in summary.notices {
+            // What a dropped companion notice said is reported again, less
+            // what the publisher had already shipped.
+            if let (Some(stream), false) = (l.stream, l.seqs.is_empty()) {
+                let named = ledger::Ranges::from_pairs(&l.seqs);
+                let (keep, _) = c.ledger.notice(stream, &named);
+                if keep.is_empty() {
+                    continue;
+                }
+                l.records = l.records.min(keep.count());
+                l.seqs = keep.pairs().to_vec();
+            }
             c.notices.add_loss(l);
         }
         Metrics::add(&self.metrics.dropped[LossReason::Budget as usize], records);

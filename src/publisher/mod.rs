@@ -20,6 +20,7 @@ mod adopt;
 mod budget;
 pub mod health;
 pub mod kafka;
+mod ledger;
 pub mod metrics;
 mod notices;
 mod pump;
@@ -154,8 +155,16 @@ struct Container {
     failing: Option<(health::Cause, Instant)>,
     /// The wait before the next attempt after a failure (doubles).
     backoff: Duration,
-    /// The largest loss totals seen in this container's notices.
+    /// Losses counted in the metrics so far, by reason (the largest
+    /// totals seen in this container's notices, less `loss_trimmed`).
     loss_totals: [u64; crate::spool::notice::LossReason::ALL.len()],
+    /// Records companion notices named as lost that the publisher had
+    /// read and shipped (see [`ledger`]), by reason.
+    loss_trimmed: [u64; crate::spool::notice::LossReason::ALL.len()],
+    /// The last companion notice `_seq` whose correction was counted.
+    notices_corrected: u64,
+    /// What was read and what never was, per stream.
+    ledger: ledger::Ledger,
     /// Torn frames already added to the metrics.
     torn_counted: u64,
     /// A nested container whose task is not known yet: its records wait

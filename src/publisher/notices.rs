@@ -185,6 +185,10 @@ fn describe(l: &Loss) -> String {
             "mesos-gelf dropped {} {stream} records{range}, {} bytes, oldest first: the agent's spool budget was reached (this container held the most)",
             l.records, l.bytes
         ),
+        LossReason::Missing => format!(
+            "mesos-gelf lost {} {stream} records{range}: they are not in the spool and no notice names them (a damaged or deleted spool segment, or a loss the companion could not report, e.g. on a full spool filesystem)",
+            l.records
+        ),
         LossReason::TooLarge => format!(
             "mesos-gelf dropped {} {stream} records{range}: too large for the broker even when cut",
             l.records

@@ -36,10 +36,19 @@ impl Publisher {
         let now = Instant::now();
         let stop = self.opts.stop.clone();
         let c = self.containers.get_mut(key).expect("container");
-        if c.finished || c.retry_at.is_some_and(|t| now < t) {
+        if c.retry_at.is_some_and(|t| now < t) {
             return Ok(0);
         }
-        if !c.may_have_data && c.held.is_none() && c.last_try.elapsed() < RECHECK_EVERY {
+        // A finished container may still have notices to send (a loss
+        // found at its end): it goes on to them, not to its records.
+        if c.finished && c.notices.is_empty() {
+            return Ok(0);
+        }
+        if !c.finished
+            && !c.may_have_data
+            && c.held.is_none()
+            && c.last_try.elapsed() < RECHECK_EVERY
+        {
             return Ok(0);
         }
         if !settle_nested(&self.config, &mut self.health, c) {
@@ -68,6 +77,9 @@ impl Publisher {
                 Err(_) => c.notices.delivered(n.seq, false),
             }
         }
+        if c.finished {
+            return Ok(0);
+        }
         c.retry_at = None;
         c.last_try = now;
         // One container may take at most half the window, so another one
@@ -92,19 +104,32 @@ impl Publisher {
             let (rec, pos) = match c.held.take() {
                 Some(h) => h,
                 None => match c.reader.read_next() {
-                    Ok(Next::Record(r, p)) => {
+                    Ok(Next::Record(mut r, p)) => {
                         c.last_read = now;
                         if r.stream == Stream::Notice {
                             Metrics::add(&self.metrics.loss_notices, 1);
-                            count_losses(&self.metrics, &mut c.loss_totals, &r.payload);
+                            let keep = correct_notice(c, &mut r);
+                            count_losses(&self.metrics, c, &r.payload);
+                            if !keep {
+                                // It named only records already shipped.
+                                pass_over(c, &r, p);
+                                continue;
+                            }
+                        } else {
+                            c.ledger.read(r.stream, r.seq, now);
                         }
                         (r, p)
                     }
                     Ok(Next::Pending) => {
                         c.may_have_data = false;
+                        report_missing(&self.metrics, &mut self.health, c, now, true, false);
                         break;
                     }
                     Ok(Next::Finished) => {
+                        if let Some(last) = crate::spool::done_seqs(c.reader.dir()) {
+                            c.ledger.end(last, now);
+                        }
+                        report_missing(&self.metrics, &mut self.health, c, now, true, true);
                         c.finished = true;
                         break;
                     }
@@ -212,6 +237,8 @@ impl Publisher {
                 }
             }
         }
+        // Gaps waiting too long for a notice, also while never caught up.
+        report_missing(&self.metrics, &mut self.health, c, now, false, false);
         self.metrics
             .in_flight
             .store(self.in_flight_msgs, Ordering::Relaxed);
@@ -308,6 +335,12 @@ fn drop_record(
             "container {k}: dropped {stream} record _seq {seq} ({n} bytes): {why}, and it cannot be cut below {MIN_MESSAGE_BYTES} bytes"
         )
     });
+    pass_over(c, rec, pos);
+}
+
+/// Moves past one record that is not sent (dropped, or a notice with
+/// nothing left to say), acknowledged in order with the others.
+fn pass_over(c: &mut Container, rec: &Record, pos: Position) {
     c.next_index += 1;
     if c.inflight.is_empty() {
         c.acked = pos;
@@ -327,14 +360,83 @@ fn drop_record(
 }
 
 /// Adds a notice's losses to the agent-wide counts: its totals are
-/// cumulative per container, so only the growth since the last one counts.
-fn count_losses(metrics: &Metrics, seen: &mut [u64], payload: &[u8]) {
+/// cumulative per container, so only the increase since the last one seen
+/// counts (a notice read again after a retry adds nothing). The payload
+/// has been through [`correct_notice`]: its totals no longer count what
+/// the publisher had shipped.
+fn count_losses(metrics: &Metrics, c: &mut Container, payload: &[u8]) {
     for (reason, total) in notice::parse(payload).totals {
         let i = reason as usize;
-        if total > seen[i] {
-            Metrics::add(&metrics.dropped[i], total - seen[i]);
-            seen[i] = total;
+        if total > c.loss_totals[i] {
+            Metrics::add(&metrics.dropped[i], total - c.loss_totals[i]);
+            c.loss_totals[i] = total;
         }
+    }
+}
+
+/// Checks a companion notice against the ledger: the `_seq`s it names that
+/// the publisher already read (and so ships) are taken out of it, and out
+/// of the running totals. False when nothing is left to report.
+fn correct_notice(c: &mut Container, r: &mut Record) -> bool {
+    let Some(loss) = notice::loss_of(&r.payload) else {
+        return true;
+    };
+    let (mut keep, mut shipped) = Default::default();
+    if let (Some(stream), false) = (loss.stream, loss.seqs.is_empty()) {
+        let named = ledger::Ranges::from_pairs(&loss.seqs);
+        (keep, shipped) = c.ledger.notice(stream, &named);
+    }
+    let (keep, shipped): (ledger::Ranges, ledger::Ranges) = (keep, shipped);
+    if !shipped.is_empty() && r.seq > c.notices_corrected {
+        // Counted once, however often the notice is read again.
+        c.notices_corrected = r.seq;
+        let i = loss.reason as usize;
+        c.loss_trimmed[i] += shipped.count().min(loss.records);
+    }
+    if c.loss_trimmed.iter().any(|&n| n > 0) {
+        // Every later notice's running totals come down too; corrected
+        // also when it is not sent, as its totals are counted.
+        let less: Vec<(LossReason, u64)> = LossReason::ALL
+            .into_iter()
+            .map(|r| (r, c.loss_trimmed[r as usize]))
+            .collect();
+        let fix =
+            (!shipped.is_empty() && !keep.is_empty()).then_some((keep.pairs(), shipped.pairs()));
+        if let Some(p) = notice::corrected(&r.payload, fix, &less) {
+            r.payload = p;
+        }
+    }
+    shipped.is_empty() || !keep.is_empty()
+}
+
+/// Reports the gaps the ledger found and no notice explained, as
+/// `missing` losses on the publisher's own notices.
+fn report_missing(
+    metrics: &Metrics,
+    health: &mut Health,
+    c: &mut Container,
+    now: Instant,
+    caught_up: bool,
+    ended: bool,
+) {
+    for (stream, ranges) in c.ledger.due(now, caught_up, ended) {
+        let n = ranges.count();
+        Metrics::add(&metrics.dropped[LossReason::Missing as usize], n);
+        let loss = notice::Loss {
+            reason: LossReason::Missing,
+            stream: Some(stream),
+            records: n,
+            bytes: 0,
+            seqs: ranges.pairs().to_vec(),
+        };
+        let (k, text) = (c.key.clone(), loss.ranges_text());
+        health.warn(&format!("{k}\0missing"), || {
+            format!(
+                "container {k}: {n} {} records (_seq {text}) are not in its spool and no notice names them (damaged or deleted segment, or an unreported loss); reported as `missing`",
+                stream.name()
+            )
+        });
+        c.notices.add_loss(loss);
     }
 }
 

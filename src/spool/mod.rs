@@ -13,7 +13,12 @@
 //!                                user and reaches it only as its working directory
 //!       seg-<20 digits>.spool    segments, numbered from 1, append-only, one writer
 //!       checkpoint               the publisher's resume position (atomic rename)
-//!       done                     empty marker: the companion wrote its last record
+//!       done                     the companion wrote its last record; holds
+//!                                `stdout=<last seq> stderr=<last seq>\n` (best
+//!                                effort: an empty `done` still means done, and
+//!                                a spool from before 0.1 has it empty)
+//!       done.reserve             room for `done`'s content, made at start (a
+//!                                full filesystem may not give a new file bytes)
 //! ```
 //!
 //! The container key is the container id (`parent.child` for nested ones),
@@ -155,6 +160,73 @@ pub fn mark_done(dir: &Path) -> std::io::Result<()> {
         .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
         .open(dir.join(DONE_FILE))
         .map(|_| ())
+}
+
+/// Where the companion keeps room for its `done` marker's content.
+const DONE_RESERVE: &str = "done.reserve";
+
+/// Makes the room [`mark_done_at`] writes into, while there is room: on a
+/// full filesystem a new file may be created but get no bytes, and the
+/// last `_seq`s are what lets the publisher name a lost tail.
+pub fn reserve_done(dir: &Path) {
+    let _ = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        .open(dir.join(DONE_RESERVE))
+        .and_then(|mut f| std::io::Write::write_all(&mut f, &[b' '; 64]));
+}
+
+/// Marks a spool complete with the last `_seq` of stdout and stderr, so
+/// the publisher can tell a lost tail from an end: written into the room
+/// [`reserve_done`] made, then renamed to `done`. The content is best
+/// effort (an empty `done` still means done).
+pub fn mark_done_at(dir: &Path, last: [u64; 2]) -> std::io::Result<()> {
+    use std::io::{Seek, Write};
+    let text = format!("stdout={} stderr={}\n", last[0], last[1]);
+    let reserve = dir.join(DONE_RESERVE);
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        .open(&reserve)
+        .and_then(|mut f| {
+            f.rewind()?;
+            // Overwrites bytes already allocated; the padding is spaces.
+            f.write_all(text.as_bytes())
+        })
+        .and_then(|()| std::fs::rename(&reserve, dir.join(DONE_FILE)));
+    if written.is_ok() {
+        return Ok(());
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        .open(dir.join(DONE_FILE))?;
+    let _ = f.write_all(text.as_bytes());
+    Ok(())
+}
+
+/// The last `_seq`s a `done` marker names (None: none named).
+pub fn done_seqs(dir: &Path) -> Option<[u64; 2]> {
+    use std::io::Read;
+    let mut s = String::new();
+    open_untrusted(&dir.join(DONE_FILE))
+        .ok()?
+        .take(64)
+        .read_to_string(&mut s)
+        .ok()?;
+    let mut out = [None, None];
+    for kv in s.split_whitespace() {
+        match kv.split_once('=') {
+            Some(("stdout", v)) => out[0] = v.parse().ok(),
+            Some(("stderr", v)) => out[1] = v.parse().ok(),
+            _ => {}
+        }
+    }
+    Some([out[0]?, out[1]?])
 }
 
 /// Opens `path` for reading in a directory another user may control: never

@@ -43,10 +43,14 @@ pub enum LossReason {
     /// (`spool_max_total_size`, `spool_min_free`), or by the companion when
     /// the spool filesystem reached `spool_min_free`.
     Budget,
+    /// Never found in the spool and named by no notice (a damaged or
+    /// deleted segment, a loss its companion could not report): found by
+    /// the publisher's ledger (`publisher::ledger`).
+    Missing,
 }
 
 impl LossReason {
-    pub const ALL: [LossReason; 7] = [
+    pub const ALL: [LossReason; 8] = [
         LossReason::SpoolCap,
         LossReason::SpoolWrite,
         LossReason::SandboxWrite,
@@ -54,6 +58,7 @@ impl LossReason {
         LossReason::Torn,
         LossReason::RateLimit,
         LossReason::Budget,
+        LossReason::Missing,
     ];
 
     pub fn name(self) -> &'static str {
@@ -65,6 +70,7 @@ impl LossReason {
             LossReason::Torn => "torn",
             LossReason::RateLimit => "rate_limit",
             LossReason::Budget => "budget",
+            LossReason::Missing => "missing",
         }
     }
 
@@ -199,6 +205,82 @@ pub fn loss_of(payload: &[u8]) -> Option<Loss> {
     Some(l)
 }
 
+/// An inclusive `_seq` range.
+pub type SeqRange = (u64, u64);
+
+/// A companion notice as the publisher corrects it (see
+/// `publisher::ledger`): with `fix` = (the `_seq` ranges really lost, the
+/// ones it named that had been read and shipped before the drop), its
+/// count, range and text say only the first and `shipped_seqs` names the
+/// second; `less` comes off each reason's running total. None when the
+/// payload is not a JSON notice.
+pub fn corrected(
+    payload: &[u8],
+    fix: Option<(&[SeqRange], &[SeqRange])>,
+    less: &[(LossReason, u64)],
+) -> Option<Vec<u8>> {
+    let Ok(Value::Object(mut o)) = serde_json::from_slice::<Value>(payload) else {
+        return None;
+    };
+    if let Some((keep, shipped)) = fix {
+        let text_of = |pairs: &[(u64, u64)]| {
+            let mut l = Loss {
+                reason: LossReason::Missing,
+                stream: None,
+                records: 0,
+                bytes: 0,
+                seqs: Vec::new(),
+            };
+            for &(a, b) in pairs {
+                l.add_range(a, b);
+            }
+            l.ranges_text()
+        };
+        let kept: u64 = keep.iter().map(|(a, b)| b - a + 1).sum();
+        let was = o.get("records").and_then(Value::as_u64).unwrap_or(kept);
+        let records = was.min(kept);
+        let bytes = o.get("bytes").and_then(Value::as_u64).unwrap_or(0);
+        let bytes = if was > 0 {
+            (bytes as u128 * records as u128 / was as u128) as u64
+        } else {
+            0
+        };
+        o.insert("records".into(), json!(records));
+        o.insert("bytes".into(), json!(bytes));
+        if let (Some(f), Some(l)) = (keep.first(), keep.last()) {
+            o.insert("first_seq".into(), json!(f.0));
+            o.insert("last_seq".into(), json!(l.1));
+        }
+        if keep.len() > 1 {
+            o.insert("ranges".into(), json!(text_of(keep)));
+        } else {
+            o.remove("ranges");
+        }
+        let shipped_text = text_of(shipped);
+        let text = o
+            .get("text")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        o.insert(
+            "text".into(),
+            json!(format!(
+                "{text} [corrected by the publisher: _seq {shipped_text} had been read and shipped before they were dropped; {records} records lost, _seq {}]",
+                text_of(keep)
+            )),
+        );
+        o.insert("shipped_seqs".into(), json!(shipped_text));
+    }
+    if let Some(Value::Object(t)) = o.get_mut("totals") {
+        for (r, n) in less {
+            if let Some(v) = t.get_mut(r.name()) {
+                *v = json!(v.as_u64().unwrap_or(0).saturating_sub(*n));
+            }
+        }
+    }
+    serde_json::to_vec(&Value::Object(o)).ok()
+}
+
 /// A notice payload as the publisher reads it.
 #[derive(Debug, Default, PartialEq)]
 pub struct Parsed {
@@ -232,6 +314,7 @@ pub fn parse(payload: &[u8]) -> Parsed {
         ("first_seq", "_lost_first_seq"),
         ("last_seq", "_lost_last_seq"),
         ("ranges", "_lost_seq_ranges"),
+        ("shipped_seqs", "_shipped_seqs"),
     ] {
         if let Some(v) = o.get(k).filter(|v| v.is_string() || v.is_u64()) {
             p.fields.push((field.to_string(), v.clone()));

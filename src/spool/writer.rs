@@ -130,6 +130,7 @@ impl SpoolWriter {
     /// first write goes to a new one after the highest existing.
     pub fn open(dir: &Path, segment_size: u64, cap: u64) -> std::io::Result<SpoolWriter> {
         std::fs::create_dir_all(dir)?;
+        super::reserve_done(dir);
         let last = list_segments(dir)?.last().copied().unwrap_or(0);
         Ok(SpoolWriter {
             dir: dir.to_path_buf(),
@@ -491,7 +492,12 @@ impl SpoolWriter {
     /// Marks the spool complete: no frame will follow. Reports what is
     /// left to report first (the notices' own room may drop more, which is
     /// reported in turn). Returns the cumulative losses by reason.
-    pub fn finish(mut self, notice_seq: &mut u64) -> std::io::Result<Vec<(LossReason, u64)>> {
+    /// `last` is the last `_seq` of stdout and stderr, kept in `done`.
+    pub fn finish(
+        mut self,
+        notice_seq: &mut u64,
+        last: [u64; 2],
+    ) -> std::io::Result<Vec<(LossReason, u64)>> {
         self.flush();
         for _ in 0..4 {
             let notices = self.take_loss_notices(notice_seq, true);
@@ -510,7 +516,7 @@ impl SpoolWriter {
         if let Some(f) = self.file.take() {
             let _ = f.sync_data();
         }
-        super::mark_done(&self.dir)?;
+        super::mark_done_at(&self.dir, last)?;
         Ok(totals)
     }
 }

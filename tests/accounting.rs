@@ -1,0 +1,355 @@
+//! Exact loss accounting: every stdout `_seq` of a container either
+//! reaches Kafka or is named as lost by exactly one notice; never both,
+//! never neither, whatever happened to the spool in between (the companion
+//! dropped segments the publisher had already read, a segment was deleted
+//! or damaged, the spool filesystem filled up so that the companion could
+//! not even write its notices). See `publisher::ledger`.
+
+mod support;
+
+use mesos_gelf_logger::config::Config;
+use mesos_gelf_logger::logger::Logger;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+use support::*;
+
+/// What Kafka got for one container's stdout.
+#[derive(Default)]
+struct Account {
+    id: String,
+    arrived: BTreeSet<u64>,
+    /// `_seq` -> the reason of every notice naming it.
+    named: BTreeMap<u64, Vec<String>>,
+    /// Notices seen, by (stream, notice `_seq`): a notice delivered twice
+    /// (at least once) is counted once.
+    notices: BTreeSet<(String, u64)>,
+    corrected: u64,
+}
+
+fn ranges_of(v: &Value) -> Vec<(u64, u64)> {
+    match v["_lost_seq_ranges"].as_str() {
+        Some(t) => t
+            .split(',')
+            .map(|p| {
+                let (a, b) = p.split_once('-').unwrap_or((p, p));
+                (a.parse().unwrap(), b.parse().unwrap())
+            })
+            .collect(),
+        None => match (v["_lost_first_seq"].as_u64(), v["_lost_last_seq"].as_u64()) {
+            (Some(a), Some(b)) => vec![(a, b)],
+            _ => Vec::new(),
+        },
+    }
+}
+
+impl Account {
+    fn new(id: &str) -> Account {
+        Account {
+            id: id.to_string(),
+            ..Default::default()
+        }
+    }
+
+    fn add(&mut self, m: &Consumed) {
+        let v = m.json();
+        if v["_container_id"] != self.id.as_str() {
+            return;
+        }
+        let stream = v["_stream"].as_str().unwrap_or("").to_string();
+        let seq = v["_seq"].as_u64().unwrap_or(0);
+        match stream.as_str() {
+            "stdout" => {
+                self.arrived.insert(seq);
+            }
+            "mesos-gelf" | "mesos-gelf-publisher" => {
+                if !self.notices.insert((stream, seq)) || v["_lost_stream"] != "stdout" {
+                    return;
+                }
+                if std::env::var("ACCT_DEBUG").is_ok() {
+                    eprintln!("notice: {v}");
+                }
+                if v["_shipped_seqs"].is_string() {
+                    self.corrected += 1;
+                }
+                let reason = v["_loss_reason"].as_str().unwrap_or("?").to_string();
+                for (a, b) in ranges_of(&v) {
+                    for s in a..=b {
+                        self.named.entry(s).or_default().push(reason.clone());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn complete(&self, n: u64) -> bool {
+        (1..=n).all(|s| self.arrived.contains(&s) || self.named.contains_key(&s))
+    }
+
+    fn lost(&self, reason: &str) -> u64 {
+        self.named.values().filter(|r| r[0] == reason).count() as u64
+    }
+
+    /// Every `_seq` of 1..=n arrived or is named, exactly once.
+    fn assert_exact(&self, n: u64) {
+        let missing: Vec<u64> = (1..=n)
+            .filter(|s| !self.arrived.contains(s) && !self.named.contains_key(s))
+            .take(10)
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "neither shipped nor named: {missing:?}..."
+        );
+        let both: Vec<u64> = self
+            .named
+            .keys()
+            .filter(|s| self.arrived.contains(s))
+            .copied()
+            .take(10)
+            .collect();
+        assert!(both.is_empty(), "shipped and named as lost: {both:?}...");
+        let twice: Vec<(&u64, &Vec<String>)> = self
+            .named
+            .iter()
+            .filter(|(_, r)| r.len() > 1)
+            .take(5)
+            .collect();
+        assert!(twice.is_empty(), "named twice: {twice:?}");
+        assert!(
+            self.arrived
+                .iter()
+                .chain(self.named.keys())
+                .all(|&s| (1..=n).contains(&s)),
+            "a _seq beyond {n}"
+        );
+        let mut by: BTreeMap<&str, u64> = BTreeMap::new();
+        for r in self.named.values() {
+            *by.entry(r[0].as_str()).or_default() += 1;
+        }
+        eprintln!(
+            "{}: {} shipped, lost {by:?}, {} notices corrected",
+            self.id,
+            self.arrived.len(),
+            self.corrected
+        );
+    }
+}
+
+fn consume_account(addr: &str, topic: &str, id: &str, n: u64) -> Account {
+    let mut acc = Account::new(id);
+    consume_until(
+        addr,
+        topic,
+        Duration::from_secs(180),
+        // Time for a duplicate or a second notice to show up.
+        Duration::from_secs(2),
+        |m| {
+            acc.add(m);
+            acc.complete(n)
+        },
+    );
+    acc
+}
+
+fn logger(pairs: &[(&str, &str)]) -> Logger {
+    Logger::new(Config::from_pairs(pairs).unwrap(), bin()).unwrap()
+}
+
+fn prepare(l: &Logger, d: &Path, id: &str) -> (std::fs::File, PathBuf) {
+    let sbx = d.join(id);
+    std::fs::create_dir_all(&sbx).unwrap();
+    let json = serde_json::json!({"directory": sbx.display().to_string()}).to_string();
+    let p = l.prepare(id, &json, None).unwrap();
+    drop(std::fs::File::from(p.stderr));
+    (std::fs::File::from(p.stdout), sbx)
+}
+
+fn numbered(from: u64, to: u64) -> Vec<u8> {
+    let mut s = String::new();
+    for i in from..=to {
+        s.push_str(&format!("line {i}\n"));
+    }
+    s.into_bytes()
+}
+
+#[test]
+fn segments_dropped_at_the_cap_after_they_were_read_are_not_reported_lost() {
+    // The broker freezes: nothing is acknowledged, so the checkpoint stays
+    // and the companion, at its 1 MB cap, drops its oldest segments: the
+    // very records the publisher has already read and holds in flight.
+    // They reach Kafka once the broker thaws; the companion's notices are
+    // corrected to the records really lost.
+    let broker = Broker::start();
+    let d = tempfile::tempdir().unwrap();
+    let spool = d.path().join("spool");
+    let mut l = logger(&[
+        ("kafka.bootstrap.servers", &broker.addr()),
+        ("spool_dir", spool.to_str().unwrap()),
+        ("topic", "acct-cap"),
+        ("spool_max_size", "1MB"),
+        ("spool_segment_size", "128KB"),
+    ]);
+    l.initialize(None).unwrap();
+    let (mut out, _) = prepare(&l, d.path(), "c-cap");
+    out.write_all(b"line 1\n").unwrap();
+    let mut first = Account::new("c-cap");
+    consume_until(
+        &broker.addr(),
+        "acct-cap",
+        Duration::from_secs(60),
+        Duration::ZERO,
+        |m| {
+            first.add(m);
+            first.complete(1)
+        },
+    );
+    broker.freeze();
+    let n = 100_000;
+    out.write_all(&numbered(2, n)).unwrap();
+    drop(out);
+    assert!(wait_for_file(
+        &spool.join("c-cap/data/done"),
+        Duration::from_secs(60)
+    ));
+    broker.thaw();
+    let acc = consume_account(&broker.addr(), "acct-cap", "c-cap", n);
+    acc.assert_exact(n);
+    assert!(acc.lost("spool_cap") > 0, "the cap dropped records");
+    // The agent's counter says the same number.
+    let t0 = std::time::Instant::now();
+    loop {
+        let m = l.metrics().snapshot();
+        if m["records_dropped/spool_cap"] == acc.lost("spool_cap") {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "metrics {} vs named {}",
+            m["records_dropped/spool_cap"],
+            acc.lost("spool_cap")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A finished spool of `n` lines of `id`, with no publisher.
+fn spool_of(spool: &Path, d: &Path, id: &str, n: u64, extra: &[(&str, &str)]) {
+    let mut pairs = vec![("spool_dir", spool.to_str().unwrap()), ("topic", "acct")];
+    pairs.extend_from_slice(extra);
+    let l = logger(&pairs);
+    let (mut out, _) = prepare(&l, d, id);
+    // Write errors are the companion's to report, not the test's.
+    let _ = out.write_all(&numbered(1, n));
+    drop(out);
+    assert!(wait_for_file(
+        &spool.join(id).join("data/done"),
+        Duration::from_secs(60)
+    ));
+}
+
+fn publish_until_empty(spool: &Path, addr: &str) -> Ran {
+    run_bounded(
+        Command::new(bin())
+            .args(["publish", "--until-empty", "--spool-dir"])
+            .arg(spool)
+            .args(["--set", &format!("kafka.bootstrap.servers={addr}")]),
+        Duration::from_secs(180),
+    )
+}
+
+#[test]
+fn deleted_damaged_and_lost_tail_segments_are_named_missing() {
+    let broker = Broker::start();
+    let d = tempfile::tempdir().unwrap();
+    let spool = d.path().join("spool");
+    let n = 40_000;
+    spool_of(
+        &spool,
+        d.path(),
+        "c-damaged",
+        n,
+        &[("spool_segment_size", "64KB")],
+    );
+    let data = spool.join("c-damaged/data");
+    let mut segs: Vec<PathBuf> = std::fs::read_dir(&data)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("seg-"))
+        .collect();
+    segs.sort();
+    assert!(segs.len() >= 8, "{} segments", segs.len());
+    // A segment deleted, one damaged in its middle, and the last one gone.
+    std::fs::remove_file(&segs[2]).unwrap();
+    let mut bytes = std::fs::read(&segs[4]).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&segs[4], &bytes).unwrap();
+    std::fs::remove_file(segs.last().unwrap()).unwrap();
+    let ran = publish_until_empty(&spool, &broker.addr());
+    ran.assert_code(0);
+    assert!(
+        ran.stderr().contains("reported as `missing`"),
+        "{}",
+        ran.stderr()
+    );
+    let acc = consume_account(&broker.addr(), "acct", "c-damaged", n);
+    acc.assert_exact(n);
+    assert!(acc.lost("missing") > 0);
+    assert!(
+        acc.named.contains_key(&n),
+        "the lost tail is named, up to the last line"
+    );
+}
+
+#[test]
+fn a_spool_filesystem_too_full_for_notices_still_names_every_lost_line() {
+    // No publisher while the task writes, and the spool filesystem fills
+    // up (something else took the space) just after the container started:
+    // the companion loses records and cannot write its notices, not even at
+    // the end. The publisher finds the gaps and the lost tail (the
+    // companion's `done` names its last `_seq`, in room made at start).
+    let broker = Broker::start();
+    let d = tempfile::tempdir().unwrap();
+    let fs = Tmpfs::mount(&d.path().join("spoolfs"), 1024);
+    let spool = fs.0.join("spool");
+    let l = logger(&[
+        ("spool_dir", spool.to_str().unwrap()),
+        ("topic", "acct-full"),
+    ]);
+    let (mut out, sbx) = prepare(&l, d.path(), "c-full");
+    out.write_all(b"line 1\n").unwrap();
+    // The first line reached the spool; then the filesystem is full.
+    let data = spool.join("c-full/data");
+    let t0 = std::time::Instant::now();
+    while !std::fs::read_dir(&data).unwrap().flatten().any(|e| {
+        e.file_name().to_string_lossy().starts_with("seg-") && e.metadata().unwrap().len() > 8
+    }) {
+        assert!(t0.elapsed() < Duration::from_secs(30), "first line spooled");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let ballast = fs.fill(0);
+    let n = 20_000;
+    out.write_all(&numbered(2, n)).unwrap();
+    drop(out);
+    assert!(wait_for_file(&data.join("done"), Duration::from_secs(60)));
+    // Space again, for the publisher's checkpoints (the companion is gone).
+    std::fs::remove_file(ballast).unwrap();
+    let ran = publish_until_empty(&spool, &broker.addr());
+    ran.assert_code(0);
+    let acc = consume_account(&broker.addr(), "acct-full", "c-full", n);
+    acc.assert_exact(n);
+    assert!(acc.lost("missing") > 0, "named by the publisher");
+    assert_eq!(
+        std::fs::read_to_string(sbx.join("stdout"))
+            .unwrap()
+            .lines()
+            .count() as u64,
+        n,
+        "the sandbox file has every line"
+    );
+}
