@@ -21,6 +21,8 @@ use support::*;
 #[derive(Default)]
 struct Account {
     id: String,
+    /// `stdout` or `stderr`.
+    stream: String,
     arrived: BTreeSet<u64>,
     /// `_seq` -> the reason of every notice naming it.
     named: BTreeMap<u64, Vec<String>>,
@@ -28,6 +30,9 @@ struct Account {
     /// (at least once) is counted once.
     notices: BTreeSet<(String, u64)>,
     corrected: u64,
+    /// The largest running total each reason reached in the companion's
+    /// notices (`_lost_total_<reason>`).
+    totals: BTreeMap<String, u64>,
 }
 
 fn ranges_of(v: &Value) -> Vec<(u64, u64)> {
@@ -48,8 +53,13 @@ fn ranges_of(v: &Value) -> Vec<(u64, u64)> {
 
 impl Account {
     fn new(id: &str) -> Account {
+        Account::of(id, "stdout")
+    }
+
+    fn of(id: &str, stream: &str) -> Account {
         Account {
             id: id.to_string(),
+            stream: stream.to_string(),
             ..Default::default()
         }
     }
@@ -62,11 +72,12 @@ impl Account {
         let stream = v["_stream"].as_str().unwrap_or("").to_string();
         let seq = v["_seq"].as_u64().unwrap_or(0);
         match stream.as_str() {
-            "stdout" => {
+            s if s == self.stream => {
                 self.arrived.insert(seq);
             }
             "mesos-gelf" | "mesos-gelf-publisher" => {
-                if !self.notices.insert((stream, seq)) || v["_lost_stream"] != "stdout" {
+                if v["_lost_stream"] != self.stream.as_str() || !self.notices.insert((stream, seq))
+                {
                     return;
                 }
                 if std::env::var("ACCT_DEBUG").is_ok() {
@@ -74,6 +85,14 @@ impl Account {
                 }
                 if v["_shipped_seqs"].is_string() {
                     self.corrected += 1;
+                }
+                if v["_stream"] == "mesos-gelf" {
+                    for (k, t) in v.as_object().unwrap() {
+                        if let (Some(r), Some(t)) = (k.strip_prefix("_lost_total_"), t.as_u64()) {
+                            let e = self.totals.entry(r.to_string()).or_default();
+                            *e = (*e).max(t);
+                        }
+                    }
                 }
                 let reason = v["_loss_reason"].as_str().unwrap_or("?").to_string();
                 for (a, b) in ranges_of(&v) {
@@ -131,8 +150,9 @@ impl Account {
             *by.entry(r[0].as_str()).or_default() += 1;
         }
         eprintln!(
-            "{}: {} shipped, lost {by:?}, {} notices corrected",
+            "{} {}: {} shipped, lost {by:?}, {} notices corrected",
             self.id,
+            self.stream,
             self.arrived.len(),
             self.corrected
         );
@@ -140,7 +160,11 @@ impl Account {
 }
 
 fn consume_account(addr: &str, topic: &str, id: &str, n: u64) -> Account {
-    let mut acc = Account::new(id);
+    consume_stream(addr, topic, id, "stdout", n)
+}
+
+fn consume_stream(addr: &str, topic: &str, id: &str, stream: &str, n: u64) -> Account {
+    let mut acc = Account::of(id, stream);
     consume_until(
         addr,
         topic,
@@ -219,6 +243,11 @@ fn segments_dropped_at_the_cap_after_they_were_read_are_not_reported_lost() {
     let acc = consume_account(&broker.addr(), "acct-cap", "c-cap", n);
     acc.assert_exact(n);
     assert!(acc.lost("spool_cap") > 0, "the cap dropped records");
+    assert_eq!(
+        acc.totals["spool_cap"],
+        acc.lost("spool_cap"),
+        "the notices' running total counts what they name"
+    );
     // The agent's counter says the same number.
     let t0 = std::time::Instant::now();
     loop {
@@ -352,4 +381,211 @@ fn a_spool_filesystem_too_full_for_notices_still_names_every_lost_line() {
         n,
         "the sandbox file has every line"
     );
+}
+
+/// `mesos-gelf run` of `script` in the background, its spool in `spool`.
+fn spawn_run(
+    spool: &Path,
+    sbx: &Path,
+    addr: &str,
+    topic: &str,
+    id: &str,
+    extra: &[&str],
+    script: &str,
+) -> std::process::Child {
+    let mut c = Command::new(bin());
+    c.args(["run", "--container-id", id, "--sandbox"])
+        .arg(sbx)
+        .args(["--set", &format!("spool_dir={}", spool.display())])
+        .args(["--set", &format!("kafka.bootstrap.servers={addr}")])
+        .args(["--set", &format!("topic={topic}")]);
+    for e in extra {
+        c.args(["--set", e]);
+    }
+    c.args(["--", "sh", "-c", script])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn lines_in(f: &Path) -> u64 {
+    std::fs::read(f)
+        .map(|b| b.iter().filter(|&&c| c == b'\n').count() as u64)
+        .unwrap_or(0)
+}
+
+fn wait_lines(f: &Path, n: u64) {
+    let t0 = std::time::Instant::now();
+    while lines_in(f) < n {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "{} has {} of {n} lines",
+            f.display(),
+            lines_in(f)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_publisher_restart_never_turns_shipped_lines_into_losses() {
+    // The agent (here `run`) dies after its lines were delivered and
+    // checkpointed; the container ends while no publisher runs. The next
+    // publisher resumes with the account stored at the checkpoint, so the
+    // `done` marker's last `_seq`s are not mistaken for a lost tail.
+    let broker = Broker::start();
+    let d = tempfile::tempdir().unwrap();
+    let spool = d.path().join("spool");
+    let go = d.path().join("go");
+    let mut run = spawn_run(
+        &spool,
+        &d.path().join("sbx"),
+        &broker.addr(),
+        "acct-restart",
+        "c-restart",
+        &[],
+        &format!(
+            "seq 1 1000; seq 1 10 >&2; while [ ! -e {} ]; do sleep 0.05; done",
+            go.display()
+        ),
+    );
+    // Delivered and checkpointed: the stored account says so.
+    let ledger = spool.join("c-restart/ledger");
+    let t0 = std::time::Instant::now();
+    while std::fs::read_to_string(&ledger).unwrap_or_default() != "stdout=1000 stderr=10\n" {
+        assert!(t0.elapsed() < Duration::from_secs(60), "never checkpointed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(wait_for_file(
+        &spool.join("c-restart/data/checkpoint"),
+        Duration::from_secs(30)
+    ));
+    run.kill().unwrap();
+    run.wait().unwrap();
+    std::fs::write(&go, b"").unwrap();
+    assert!(wait_for_file(
+        &spool.join("c-restart/data/done"),
+        Duration::from_secs(60)
+    ));
+    let ran = publish_until_empty(&spool, &broker.addr());
+    ran.assert_code(0);
+    assert!(!ran.stderr().contains("missing"), "{}", ran.stderr());
+    for (stream, n) in [("stdout", 1000), ("stderr", 10)] {
+        let acc = consume_stream(&broker.addr(), "acct-restart", "c-restart", stream, n);
+        acc.assert_exact(n);
+        assert!(acc.named.is_empty(), "{stream}: nothing lost");
+    }
+}
+
+#[test]
+fn a_notice_reported_again_after_a_freeze_names_each_line_once() {
+    // A frozen broker and a 64 KB cap: the companion's first notice is
+    // read (and sent into the freeze), then its segment goes at the cap
+    // and the companion reports its losses again, merged into a later
+    // notice. Each lost `_seq` is still named once.
+    let broker = Broker::start();
+    let d = tempfile::tempdir().unwrap();
+    let spool = d.path().join("spool");
+    let sbx = d.path().join("sbx");
+    let g = |i: u32| d.path().join(format!("go{i}"));
+    let wait = |i: u32| format!("while [ ! -e {} ]; do sleep 0.05; done", g(i).display());
+    let n = 30_010;
+    let mut run = spawn_run(
+        &spool,
+        &sbx,
+        &broker.addr(),
+        "acct-again",
+        "c-again",
+        &["spool_max_size=64KB"],
+        &format!(
+            "seq 1 100; {}; seq 101 3000; {}; seq 3001 30000; {}; seq 30001 30010",
+            wait(1),
+            wait(2),
+            wait(3)
+        ),
+    );
+    let mut first = Account::new("c-again");
+    consume_until(
+        &broker.addr(),
+        "acct-again",
+        Duration::from_secs(60),
+        Duration::ZERO,
+        |m| {
+            first.add(m);
+            first.complete(100)
+        },
+    );
+    broker.freeze();
+    std::fs::write(g(1), b"").unwrap();
+    wait_lines(&sbx.join("stdout"), 3000);
+    std::fs::write(g(2), b"").unwrap();
+    wait_lines(&sbx.join("stdout"), 30_000);
+    broker.thaw();
+    std::fs::write(g(3), b"").unwrap();
+    assert!(wait_child(&mut run, Duration::from_secs(120)).is_some_and(|s| s.success()));
+    let acc = consume_account(&broker.addr(), "acct-again", "c-again", n);
+    acc.assert_exact(n);
+    assert!(acc.lost("spool_cap") > 0);
+    assert_eq!(acc.totals["spool_cap"], acc.lost("spool_cap"));
+}
+
+#[test]
+fn budget_drops_during_a_freeze_never_name_lines_read_after_all() {
+    // A 2 MB spool filesystem and a frozen broker: the companion keeps the
+    // filesystem's free space by dropping its oldest segments, including
+    // one the publisher is still reading (unlinked under it); the
+    // publisher drops segments for its budget, with the companion's
+    // notices in them, and reports those again. Records the reader still
+    // got are never named lost.
+    let broker = Broker::start();
+    let d = tempfile::tempdir().unwrap();
+    let fs = Tmpfs::mount(&d.path().join("spoolfs"), 2048);
+    let spool = fs.0.join("spool");
+    let sbx = d.path().join("sbx");
+    let go = d.path().join("go");
+    // The topic exists before the freeze.
+    let mut warm = Account::new("c-warm");
+    let mut w = spawn_run(
+        &d.path().join("spool-warm"),
+        &d.path().join("sbx-warm"),
+        &broker.addr(),
+        "acct-budget",
+        "c-warm",
+        &[],
+        "echo warm",
+    );
+    assert!(wait_child(&mut w, Duration::from_secs(60)).is_some_and(|s| s.success()));
+    consume_until(
+        &broker.addr(),
+        "acct-budget",
+        Duration::from_secs(60),
+        Duration::ZERO,
+        |m| {
+            warm.add(m);
+            warm.complete(1)
+        },
+    );
+    broker.freeze();
+    let mut run = spawn_run(
+        &spool,
+        &sbx,
+        &broker.addr(),
+        "acct-budget",
+        "c-budget",
+        &[],
+        &format!(
+            "seq 1 400000; seq 1 2000 >&2; while [ ! -e {} ]; do sleep 0.05; done; seq 400001 400100",
+            go.display()
+        ),
+    );
+    wait_lines(&sbx.join("stdout"), 400_000);
+    wait_lines(&sbx.join("stderr"), 2000);
+    broker.thaw();
+    std::fs::write(&go, b"").unwrap();
+    assert!(wait_child(&mut run, Duration::from_secs(180)).is_some_and(|s| s.success()));
+    for (stream, n) in [("stdout", 400_100), ("stderr", 2000)] {
+        let acc = consume_stream(&broker.addr(), "acct-budget", "c-budget", stream, n);
+        acc.assert_exact(n);
+    }
 }

@@ -331,7 +331,7 @@ fn cat(name: &str, c: &Common, range: &Range, gelf: bool, sets: &[String]) -> Re
     let _ = out.flush();
     if torn > 0 {
         return Err(format!(
-            "{}: {torn} corrupt frame(s) skipped (a torn write or a damaged segment); the records around them are shown",
+            "{}: {torn} corrupt frame(s) (a torn write or a damaged segment): from each, the rest of its segment was skipped; the records before it and the following segments are shown",
             dir.display()
         ));
     }

@@ -20,6 +20,27 @@ fn mark_acked(c: &mut Container, index: u64) {
         c.inflight_bytes = c.inflight_bytes.saturating_sub(e.bytes);
         c.acked = e.pos;
         c.acked_since_store += 1;
+        acked_record(c, e.stream, e.seq);
+    }
+}
+
+/// The ledger's side of an acknowledgement in order: the last `_seq` of
+/// each stream at the checkpoint, and companion notices done with.
+pub(super) fn acked_record(c: &mut Container, stream: Stream, seq: u64) {
+    match stream {
+        Stream::Stdout => c.acked_seqs[0] = c.acked_seqs[0].max(seq),
+        Stream::Stderr => c.acked_seqs[1] = c.acked_seqs[1].max(seq),
+        Stream::Notice => {
+            c.ledger.notice_done(seq);
+            while c
+                .corrected
+                .first_key_value()
+                .is_some_and(|(k, _)| *k <= seq)
+            {
+                c.corrected.pop_first();
+            }
+        }
+        Stream::PublisherNotice => {}
     }
 }
 
@@ -183,6 +204,10 @@ impl Publisher {
             let due = c.last_store.elapsed() >= CHECKPOINT_EVERY
                 || c.acked_since_store >= CHECKPOINT_RECORDS;
             if c.acked != c.stored && (complete || due) {
+                if c.ledger_known {
+                    // Before the checkpoint (see `Ledger::store`).
+                    let _ = ledger::Ledger::store(&c.dir, c.acked_seqs);
+                }
                 match c.reader.acknowledge(c.acked, self.config.spool_retain) {
                     Ok(()) => {
                         c.stored = c.acked;

@@ -195,6 +195,16 @@ impl Publisher {
         let slot = self.next_slot;
         self.next_slot += 1;
         let acked = reader.position();
+        // The ledger: from the start, or resumed with the account stored at
+        // the last checkpoint (a spool of an older release has none).
+        let stored = ledger::Ledger::load(&dir);
+        let (ledger, acked_seqs, ledger_known) = if acked == crate::spool::Position::default() {
+            (ledger::Ledger::new(true), [0, 0], true)
+        } else if let Some(a) = stored {
+            (ledger::Ledger::resume(a), a, true)
+        } else {
+            (ledger::Ledger::new(false), [0, 0], false)
+        };
         let encoder = Encoder::new(&self.config, &meta.identity, &meta.settings);
         self.slots.insert(slot, key.to_string());
         self.containers.insert(
@@ -225,7 +235,10 @@ impl Publisher {
                 loss_totals: Default::default(),
                 loss_trimmed: Default::default(),
                 notices_corrected: 0,
-                ledger: ledger::Ledger::new(acked == crate::spool::Position::default()),
+                corrected: Default::default(),
+                ledger,
+                acked_seqs,
+                ledger_known,
                 torn_counted: 0,
                 nested: crate::nested::lookup_for(&meta.identity).map(|lookup| NestedWait {
                     lookup,

@@ -108,7 +108,7 @@ impl Publisher {
             // Named through the ledger: unread records, so normally all
             // of them (and the gap they leave is then explained).
             let named = ledger::Ranges::from_pairs(&span.ranges);
-            let (keep, _) = c.ledger.notice(stream, &named);
+            let keep = c.ledger.notice(stream, &named, None).keep;
             let n = span.records.min(keep.count());
             if n == 0 {
                 continue;
@@ -122,29 +122,33 @@ impl Publisher {
                 seqs: keep.pairs().to_vec(),
             });
         }
-        for mut l in summary.notices {
-            // What a dropped companion notice said is reported again, less
-            // what the publisher had already shipped.
-            if let (Some(stream), false) = (l.stream, l.seqs.is_empty()) {
-                let named = ledger::Ranges::from_pairs(&l.seqs);
-                let (keep, _) = c.ledger.notice(stream, &named);
-                if keep.is_empty() {
-                    continue;
+        for l in summary.notices {
+            // What a dropped companion notice said is reported again, once
+            // the reader has passed those records: some may still be read
+            // (from a segment the reader holds open after the companion
+            // unlinked it), and those are not lost.
+            match (l.stream, l.seqs.is_empty()) {
+                (Some(stream), false) => {
+                    let named = ledger::Ranges::from_pairs(&l.seqs);
+                    c.ledger.announce(stream, l.reason, &named);
                 }
-                l.records = l.records.min(keep.count());
-                l.seqs = keep.pairs().to_vec();
+                _ => c.notices.add_loss(l),
             }
-            c.notices.add_loss(l);
         }
         Metrics::add(&self.metrics.dropped[LossReason::Budget as usize], records);
         let held = c.spool_bytes + size;
+        let max = self.config.spool_max_total_size;
+        let (_, fs_size) = fs_space(&self.opts.spool_dir).unwrap_or((0, 0));
+        let floor = self.config.defaults.spool_min_free.bytes(fs_size);
         self.health.warn(&format!("{key}\0budget"), || {
             format!(
-                "spool budget: dropped {records} records ({} KB) of container {key}, the one holding the most ({} MB of {} MB in spools; {} MB free)",
+                "spool budget: dropped {records} records ({} KB) of container {key}, the one holding the most ({} MB); spools hold {} MB of spool_max_total_size {} MB, {} MB free of spool_min_free {} MB",
                 size >> 10,
                 held >> 20,
                 total >> 20,
-                avail >> 20
+                max >> 20,
+                avail >> 20,
+                floor >> 20
             )
         });
         size

@@ -14,14 +14,24 @@
 //!   publisher already read (the companion dropped a segment at its cap
 //!   after the publisher read it, before the checkpoint moved) is trimmed
 //!   to what was really never read; if nothing is left, it is not shipped.
+//! - **No double naming.** What an earlier notice named (the companion
+//!   reports again the losses of a notice it dropped at its cap) is taken
+//!   out of a later one. What a notice the publisher itself dropped unread
+//!   (budget) had said is reported again only once the reader has passed
+//!   those `_seq`s: a reader still in a segment the companion unlinked
+//!   under it may read some of them after all.
 //!
 //! Everything here is idempotent: records and notices read again after a
 //! retry (the reader seeks back to the last acknowledged record) change
-//! nothing and trim the same way. The ledger lives in memory: after a
-//! publisher restart it starts at the first record it reads again, so a gap
-//! found but not yet reported before the restart is found again only if it
-//! lies after the checkpoint.
+//! nothing and come out the same. The account at each checkpoint (the
+//! last `_seq` acknowledged per stream) is stored next to the spool
+//! ([`FILE`]), so a publisher that resumes (agent restart) knows what came
+//! before; gaps found but not yet reported when a publisher dies are found
+//! again only if they lie after the checkpoint. Records a killed publisher
+//! had sent but never saw acknowledged may still reach Kafka (at least
+//! once) and may then also be named lost: nobody can know.
 
+use crate::spool::notice::LossReason;
 use crate::spool::record::Stream;
 use std::time::{Duration, Instant};
 
@@ -117,18 +127,29 @@ impl Ranges {
 #[derive(Debug, Default)]
 struct Track {
     /// The lowest `_seq` this publisher speaks for: 1 when it read the
-    /// spool from its start, else the first one it read.
+    /// spool from its start or resumed with a stored account, else the
+    /// first one it read.
     base: Option<u64>,
     /// Every `_seq` from `base` below this was read or is in `gaps`.
     next: u64,
     /// Never read.
     gaps: Ranges,
-    /// Named by a notice (possibly before the gap was seen).
+    /// Named by a notice (possibly before the gap was seen): never named
+    /// again.
     explained: Ranges,
     /// Reported as `missing` by the publisher.
     reported: Ranges,
     /// Gaps not explained yet, with when they were seen.
     waiting: Vec<(u64, u64, Instant)>,
+    /// Losses the publisher reports again for a notice it dropped unread
+    /// (budget), by reason, for `_seq`s the reader has not passed yet:
+    /// named only once they turn out to be gaps.
+    announced: Vec<(LossReason, Ranges)>,
+    /// Ready to report: (reason, ranges).
+    ready: Vec<(LossReason, Ranges)>,
+    /// Read records that notices have named so far (a notice reported
+    /// again names them again: counted off the totals once).
+    shipped_named: Ranges,
 }
 
 impl Track {
@@ -149,6 +170,16 @@ impl Track {
 
     fn gap(&mut self, a: u64, b: u64, now: Instant) {
         self.gaps.insert(a, b);
+        let gap = Ranges::from_pairs(&[(a, b)]);
+        for (reason, r) in &mut self.announced {
+            let now_named = r.and(&gap).minus(&self.explained);
+            *r = r.minus(&gap);
+            if !now_named.is_empty() {
+                self.explained.insert_all(&now_named);
+                self.ready.push((*reason, now_named));
+            }
+        }
+        self.announced.retain(|(_, r)| !r.is_empty());
         if self.waiting.len() >= MAX_RANGES {
             // Merge the two oldest (the span between them is not all
             // gap: `due` keeps only what is in `gaps`).
@@ -158,31 +189,70 @@ impl Track {
         self.waiting.push((a, b, now));
     }
 
-    /// Splits a notice's ranges into (never read: kept, read: trimmed),
-    /// and marks the kept ones explained.
-    fn notice(&mut self, named: &Ranges) -> (Ranges, Ranges) {
-        let Some(base) = self.base else {
-            // Nothing read yet: everything it names may be lost.
-            self.explained.insert_all(named);
-            return (named.clone(), Ranges::default());
-        };
-        // Read = [base, next) minus the gaps.
+    /// What has been read: [base, next) without the gaps.
+    fn read_ranges(&self) -> Ranges {
         let mut read = Ranges::default();
-        if self.next > base {
-            read.insert(base, self.next - 1);
+        if let Some(base) = self.base {
+            if self.next > base {
+                read.insert(base, self.next - 1);
+            }
         }
-        let read = read.minus(&self.gaps);
-        let keep = named.minus(&read);
-        let trimmed = named.minus(&keep);
+        read.minus(&self.gaps)
+    }
+
+    /// Splits a notice's ranges (see [`Checked`]) and marks the kept ones
+    /// explained.
+    fn notice(&mut self, named: &Ranges) -> Checked {
+        let read = named.and(&self.read_ranges());
+        let rest = named.minus(&read);
+        let keep = rest.minus(&self.explained).minus(&self.reported);
+        let earlier = rest.minus(&keep);
         self.explained.insert_all(&keep);
-        (keep, trimmed)
+        let shipped_new = read.minus(&self.shipped_named).count();
+        self.shipped_named.insert_all(&read);
+        Checked {
+            keep,
+            shipped: read,
+            earlier,
+            shipped_new,
+        }
+    }
+
+    fn announce(&mut self, reason: LossReason, named: &Ranges) {
+        if self.base.is_none() {
+            // Nothing read yet: it stands as it is.
+            let keep = named.minus(&self.explained).minus(&self.reported);
+            self.explained.insert_all(&keep);
+            if !keep.is_empty() {
+                self.ready.push((reason, keep));
+            }
+            return;
+        }
+        let mut ahead = Ranges::default();
+        ahead.insert(self.next, u64::MAX);
+        let behind = named.minus(&ahead);
+        let now = behind
+            .and(&self.gaps)
+            .minus(&self.explained)
+            .minus(&self.reported);
+        if !now.is_empty() {
+            self.explained.insert_all(&now);
+            self.ready.push((reason, now));
+        }
+        let later = named.and(&ahead);
+        if !later.is_empty() {
+            match self.announced.iter_mut().find(|(r, _)| *r == reason) {
+                Some((_, r)) => r.insert_all(&later),
+                None => self.announced.push((reason, later)),
+            }
+        }
     }
 
     fn end(&mut self, last: u64, now: Instant) {
         if self.base.is_none() {
-            // Nothing of this stream read: all of it, if it had any.
-            self.base = Some(1);
-            self.next = 1;
+            // Resumed without a stored account and nothing read since:
+            // what came before is not known, so nothing is claimed.
+            return;
         }
         if last >= self.next {
             self.gap(self.next, last, now);
@@ -190,33 +260,57 @@ impl Track {
         }
     }
 
-    /// The unexplained gaps due for a report (all of them when `now_all`).
-    fn due(&mut self, now: Instant, caught_up: bool, now_all: bool) -> Ranges {
+    /// Losses due for a report: announced ones that proved real, and the
+    /// unexplained gaps (all of them when `now_all`) as `missing`.
+    fn due(&mut self, now: Instant, caught_up: bool, now_all: bool) -> Vec<(LossReason, Ranges)> {
+        let mut out = std::mem::take(&mut self.ready);
         if self.waiting.is_empty() {
-            return Ranges::default();
+            return out;
         }
-        let mut out = Ranges::default();
+        let mut gone = Ranges::default();
         self.waiting.retain(|&(a, b, seen)| {
             let age = now.saturating_duration_since(seen);
             let due = now_all || age >= REPORT_ANYWAY || (caught_up && age >= REPORT_AFTER);
             if due {
-                out.insert(a, b);
+                gone.insert(a, b);
             }
             !due
         });
-        let out = out
+        let missing = gone
             .and(&self.gaps)
             .minus(&self.explained)
             .minus(&self.reported);
-        self.reported.insert_all(&out);
+        self.reported.insert_all(&missing);
+        if !missing.is_empty() {
+            out.push((LossReason::Missing, missing));
+        }
         out
     }
+}
+
+/// A notice's `_seq`s, checked against the ledger.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Checked {
+    /// Never read and not named before: lost, as the notice says.
+    pub keep: Ranges,
+    /// Read (and so shipped) before they were dropped: not lost.
+    pub shipped: Ranges,
+    /// Named by an earlier notice already (a notice dropped unread and
+    /// reported again): lost, but said once.
+    pub earlier: Ranges,
+    /// How many of `shipped` no earlier notice named: what comes off the
+    /// companion's running totals, which count each record once.
+    pub shipped_new: u64,
 }
 
 /// See the module doc.
 #[derive(Debug, Default)]
 pub struct Ledger {
     streams: [Track; 2],
+    /// Companion notices already checked, by their `_seq`: read again
+    /// after a retry, a notice is trimmed exactly as the first time.
+    /// Pruned as notices are acknowledged.
+    checked: std::collections::BTreeMap<u64, Checked>,
 }
 
 fn slot(s: Stream) -> Option<usize> {
@@ -226,6 +320,11 @@ fn slot(s: Stream) -> Option<usize> {
         _ => None,
     }
 }
+
+/// Where the ledger keeps, per container, the last `_seq` of each stream
+/// acknowledged at the last checkpoint (`<spool_dir>/<key>/ledger`, root's
+/// directory): a publisher that resumes knows what came before.
+pub const FILE: &str = "ledger";
 
 impl Ledger {
     /// `from_start`: the publisher reads this spool from its beginning (no
@@ -241,6 +340,39 @@ impl Ledger {
         l
     }
 
+    /// Resuming at a checkpoint at which `acked` (stdout, stderr) were the
+    /// last `_seq`s acknowledged: everything up to them is accounted for.
+    pub fn resume(acked: [u64; 2]) -> Ledger {
+        let mut l = Ledger::default();
+        for (t, a) in l.streams.iter_mut().zip(acked) {
+            t.base = Some(1);
+            t.next = a.saturating_add(1);
+        }
+        l
+    }
+
+    /// The stored account of a container directory, if any.
+    pub fn load(dir: &std::path::Path) -> Option<[u64; 2]> {
+        let s = std::fs::read_to_string(dir.join(FILE)).ok()?;
+        let mut out = [None, None];
+        for kv in s.split_whitespace() {
+            match kv.split_once('=') {
+                Some(("stdout", v)) => out[0] = v.parse().ok(),
+                Some(("stderr", v)) => out[1] = v.parse().ok(),
+                _ => {}
+            }
+        }
+        Some([out[0]?, out[1]?])
+    }
+
+    /// Stores the account for the checkpoint about to be written (before
+    /// it: a stored account ahead of the checkpoint only makes records
+    /// read again count as read again, never as gaps).
+    pub fn store(dir: &std::path::Path, acked: [u64; 2]) -> std::io::Result<()> {
+        let text = format!("stdout={} stderr={}\n", acked[0], acked[1]);
+        crate::spool::write_atomic(dir, FILE, text.as_bytes())
+    }
+
     /// A record was read.
     pub fn read(&mut self, stream: Stream, seq: u64, now: Instant) {
         if let Some(i) = slot(stream) {
@@ -248,12 +380,45 @@ impl Ledger {
         }
     }
 
-    /// A notice names `named` of `stream` as lost: returns (what was never
-    /// read, what was read and so not lost).
-    pub fn notice(&mut self, stream: Stream, named: &Ranges) -> (Ranges, Ranges) {
-        match slot(stream) {
+    /// A notice names `named` of `stream` as lost. `id`: the companion
+    /// notice's `_seq`, so that reading it again gives the same answer.
+    pub fn notice(&mut self, stream: Stream, named: &Ranges, id: Option<u64>) -> Checked {
+        if let Some(r) = id.and_then(|i| self.checked.get(&i)) {
+            return r.clone();
+        }
+        let r = match slot(stream) {
             Some(i) => self.streams[i].notice(named),
-            None => (named.clone(), Ranges::default()),
+            None => Checked {
+                keep: named.clone(),
+                ..Default::default()
+            },
+        };
+        if let Some(i) = id {
+            if self.checked.len() >= 4 * MAX_RANGES {
+                self.checked.pop_first();
+            }
+            self.checked.insert(i, r.clone());
+        }
+        r
+    }
+
+    /// Companion notice `id` was acknowledged: it will not be read again.
+    pub fn notice_done(&mut self, id: u64) {
+        while self
+            .checked
+            .first_key_value()
+            .is_some_and(|(k, _)| *k <= id)
+        {
+            self.checked.pop_first();
+        }
+    }
+
+    /// The publisher reports `named` lost for `reason` (what a notice it
+    /// had to drop unread said): named once the reader has passed them and
+    /// they are not there; never if they are read after all.
+    pub fn announce(&mut self, stream: Stream, reason: LossReason, named: &Ranges) {
+        if let Some(i) = slot(stream) {
+            self.streams[i].announce(reason, named);
         }
     }
 
@@ -264,14 +429,23 @@ impl Ledger {
         }
     }
 
-    /// Gaps to report as `missing` now, per stream.
-    pub fn due(&mut self, now: Instant, caught_up: bool, ended: bool) -> Vec<(Stream, Ranges)> {
-        [Stream::Stdout, Stream::Stderr]
+    /// Losses to report now: (stream, reason, ranges).
+    pub fn due(
+        &mut self,
+        now: Instant,
+        caught_up: bool,
+        ended: bool,
+    ) -> Vec<(Stream, LossReason, Ranges)> {
+        let mut out = Vec::new();
+        for (s, t) in [Stream::Stdout, Stream::Stderr]
             .into_iter()
             .zip(self.streams.iter_mut())
-            .map(|(s, t)| (s, t.due(now, caught_up, ended)))
-            .filter(|(_, r)| !r.is_empty())
-            .collect()
+        {
+            for (reason, r) in t.due(now, caught_up, ended) {
+                out.push((s, reason, r));
+            }
+        }
+        out
     }
 }
 
@@ -296,6 +470,10 @@ mod tests {
         assert_eq!(top.minus(&r(&[(7, 9)])), r(&[(5, 6), (10, u64::MAX)]));
     }
 
+    fn missing(s: Stream, p: &[(u64, u64)]) -> (Stream, LossReason, Ranges) {
+        (s, LossReason::Missing, r(p))
+    }
+
     #[test]
     fn a_gap_nobody_explains_is_reported_once_and_exactly() {
         let t0 = Instant::now();
@@ -312,7 +490,7 @@ mod tests {
         assert!(l.due(later, false, false).is_empty(), "not caught up yet");
         assert_eq!(
             l.due(later, true, false),
-            vec![(Stream::Stdout, r(&[(11, 20)]))]
+            vec![missing(Stream::Stdout, &[(11, 20)])]
         );
         assert!(l.due(later, true, true).is_empty(), "reported once");
     }
@@ -326,16 +504,28 @@ mod tests {
         }
         // The companion says 1-20 went at its cap; 1-10 were read (and
         // are shipped), 11-20 never were.
-        let (keep, trimmed) = l.notice(Stream::Stdout, &r(&[(1, 20)]));
+        let c = l.notice(Stream::Stdout, &r(&[(1, 20)]), Some(1));
         assert_eq!(
-            (keep.clone(), trimmed.clone()),
+            (c.keep.clone(), c.shipped.clone()),
             (r(&[(11, 20)]), r(&[(1, 10)]))
         );
         // The same notice read again trims the same way.
-        assert_eq!(l.notice(Stream::Stdout, &r(&[(1, 20)])), (keep, trimmed));
+        assert_eq!(l.notice(Stream::Stdout, &r(&[(1, 20)]), Some(1)), c);
         assert!(l.due(t0, true, true).is_empty(), "explained");
-        // A notice naming only read records is empty.
-        assert!(l.notice(Stream::Stdout, &r(&[(2, 3)])).0.is_empty());
+        // A notice naming only read records is empty; one naming again
+        // what an earlier one named (the companion reports a dropped
+        // notice again) keeps only what is new.
+        assert!(l
+            .notice(Stream::Stdout, &r(&[(2, 3)]), Some(2))
+            .keep
+            .is_empty());
+        let c = l.notice(Stream::Stdout, &r(&[(1, 40)]), Some(3));
+        assert_eq!(c.keep, r(&[(31, 40)]));
+        assert_eq!(c.shipped, r(&[(1, 10), (21, 30)]));
+        assert_eq!(c.earlier, r(&[(11, 20)]));
+        assert_eq!(c.shipped_new, 10, "1-10 were named shipped before");
+        l.notice_done(3);
+        assert!(l.checked.is_empty());
     }
 
     #[test]
@@ -344,29 +534,67 @@ mod tests {
         let mut l = Ledger::new(true);
         l.read(Stream::Stderr, 1, t0);
         // Announced before the records after it are read.
-        let (keep, _) = l.notice(Stream::Stderr, &r(&[(2, 5)]));
-        assert_eq!(keep, r(&[(2, 5)]));
+        let c = l.notice(Stream::Stderr, &r(&[(2, 5)]), None);
+        assert_eq!(c.keep, r(&[(2, 5)]));
         l.read(Stream::Stderr, 6, t0);
         // The companion ended at 9 (stderr) and 3 (stdout, never read).
         l.end([3, 9], t0);
         assert_eq!(
             l.due(t0, false, true),
             vec![
-                (Stream::Stdout, r(&[(1, 3)])),
-                (Stream::Stderr, r(&[(7, 9)]))
+                missing(Stream::Stdout, &[(1, 3)]),
+                missing(Stream::Stderr, &[(7, 9)])
             ]
         );
     }
 
     #[test]
-    fn after_a_restart_the_ledger_starts_at_the_first_record_read() {
+    fn announced_losses_are_named_only_for_what_is_not_read_after_all() {
         let t0 = Instant::now();
+        let mut l = Ledger::new(true);
+        l.read(Stream::Stdout, 1, t0);
+        // A dropped notice said 2-100 went; the reader, still in a segment
+        // unlinked under it, then reads 2-50.
+        l.announce(Stream::Stdout, LossReason::Budget, &r(&[(2, 100)]));
+        assert!(l.due(t0, true, false).is_empty(), "not passed yet");
+        for s in 2..=50 {
+            l.read(Stream::Stdout, s, t0);
+        }
+        l.read(Stream::Stdout, 101, t0);
+        assert_eq!(
+            l.due(t0, true, false),
+            vec![(Stream::Stdout, LossReason::Budget, r(&[(51, 100)]))]
+        );
+        assert!(l.due(t0, true, true).is_empty(), "explained, not missing");
+    }
+
+    #[test]
+    fn after_a_restart_the_stored_account_keeps_what_was_shipped_shipped() {
+        let t0 = Instant::now();
+        let d = tempfile::tempdir().unwrap();
+        Ledger::store(d.path(), [1000, 10]).unwrap();
+        let mut l = Ledger::resume(Ledger::load(d.path()).unwrap());
+        // Nothing more read; the companion ended at 1000 / 12.
+        l.end([1000, 12], t0);
+        assert_eq!(
+            l.due(t0, true, true),
+            vec![missing(Stream::Stderr, &[(11, 12)])]
+        );
+        // A notice naming shipped records says nothing.
+        assert!(l
+            .notice(Stream::Stdout, &r(&[(1, 500)]), None)
+            .keep
+            .is_empty());
+        // Without a stored account nothing is claimed.
+        let mut l = Ledger::new(false);
+        l.end([1000, 10], t0);
+        assert!(l.due(t0, true, true).is_empty());
         let mut l = Ledger::new(false);
         l.read(Stream::Stdout, 500, t0);
-        l.read(Stream::Stdout, 501, t0);
-        // Below the first record read: unknown, so a notice stands.
-        assert_eq!(l.notice(Stream::Stdout, &r(&[(10, 20)])).0, r(&[(10, 20)]));
-        assert!(l.due(t0, true, true).is_empty());
+        assert_eq!(
+            l.notice(Stream::Stdout, &r(&[(10, 20)]), None).keep,
+            r(&[(10, 20)])
+        );
     }
 
     #[test]
@@ -377,7 +605,7 @@ mod tests {
             l.read(Stream::Stdout, s, t0);
         }
         let due = l.due(t0, true, true);
-        assert!(due[0].1.pairs().len() <= MAX_RANGES);
+        assert!(due[0].2.pairs().len() <= MAX_RANGES);
         assert!(l.streams[0].gaps.pairs().len() <= MAX_RANGES);
     }
 }

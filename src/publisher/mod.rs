@@ -163,8 +163,16 @@ struct Container {
     loss_trimmed: [u64; crate::spool::notice::LossReason::ALL.len()],
     /// The last companion notice `_seq` whose correction was counted.
     notices_corrected: u64,
+    /// Companion notices as corrected (sent or not, and the payload), by
+    /// `_seq`, until acknowledged: read again, they come out the same.
+    corrected: std::collections::BTreeMap<u64, (bool, Vec<u8>)>,
     /// What was read and what never was, per stream.
     ledger: ledger::Ledger,
+    /// The last stdout and stderr `_seq` acknowledged in order.
+    acked_seqs: [u64; 2],
+    /// The ledger knows everything before its first record (read from the
+    /// start, or resumed with a stored account): its account is stored.
+    ledger_known: bool,
     /// Torn frames already added to the metrics.
     torn_counted: u64,
     /// A nested container whose task is not known yet: its records wait

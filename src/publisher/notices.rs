@@ -182,7 +182,7 @@ fn describe(l: &Loss) -> String {
     };
     match l.reason {
         LossReason::Budget => format!(
-            "mesos-gelf dropped {} {stream} records{range}, {} bytes, oldest first: the agent's spool budget was reached (this container held the most)",
+            "mesos-gelf dropped {} {stream} records{range}, {} bytes: the agent's spool budget was reached (this container held the most; its oldest segments not being read go first)",
             l.records, l.bytes
         ),
         LossReason::Missing => format!(

@@ -210,7 +210,7 @@ impl Publisher {
                         let (k, dropped) = (c.key.clone(), c.encoder.fields_dropped());
                         self.health.warn(&format!("{k}\0too-large"), || {
                             format!(
-                                "container {k}: {m}; cutting its messages to {n} bytes{}",
+                                "container {k}: {m}; cutting its messages, halving their size limit until the broker takes them (now {n} bytes){}",
                                 if dropped > 0 {
                                     format!(" ({dropped} label/static fields left out)")
                                 } else {
@@ -345,6 +345,7 @@ fn pass_over(c: &mut Container, rec: &Record, pos: Position) {
     if c.inflight.is_empty() {
         c.acked = pos;
         c.acked_since_store += 1;
+        ack::acked_record(c, rec.stream, rec.seq);
     } else {
         c.inflight.push_back(InFlight {
             index: c.next_index - 1,
@@ -378,39 +379,65 @@ fn count_losses(metrics: &Metrics, c: &mut Container, payload: &[u8]) {
 /// the publisher already read (and so ships) are taken out of it, and out
 /// of the running totals. False when nothing is left to report.
 fn correct_notice(c: &mut Container, r: &mut Record) -> bool {
+    // Read again after a retry: the same answer, totals included.
+    if let Some((keep, p)) = c.corrected.get(&r.seq) {
+        r.payload.clone_from(p);
+        return *keep;
+    }
+    let keep = check_notice(c, r);
+    if c.corrected.len() >= 4096 {
+        c.corrected.pop_first();
+    }
+    c.corrected.insert(r.seq, (keep, r.payload.clone()));
+    keep
+}
+
+fn check_notice(c: &mut Container, r: &mut Record) -> bool {
     let Some(loss) = notice::loss_of(&r.payload) else {
         return true;
     };
-    let (mut keep, mut shipped) = Default::default();
+    let mut checked = ledger::Checked::default();
     if let (Some(stream), false) = (loss.stream, loss.seqs.is_empty()) {
         let named = ledger::Ranges::from_pairs(&loss.seqs);
-        (keep, shipped) = c.ledger.notice(stream, &named);
+        checked = c.ledger.notice(stream, &named, Some(r.seq));
     }
-    let (keep, shipped): (ledger::Ranges, ledger::Ranges) = (keep, shipped);
-    if !shipped.is_empty() && r.seq > c.notices_corrected {
-        // Counted once, however often the notice is read again.
+    let ledger::Checked {
+        keep,
+        shipped,
+        earlier,
+        shipped_new,
+    } = checked;
+    if shipped_new > 0 && r.seq > c.notices_corrected {
+        // Counted once, however often the notice is read again; the
+        // companion's running totals count each record once, however
+        // often its notices name it.
         c.notices_corrected = r.seq;
         let i = loss.reason as usize;
-        c.loss_trimmed[i] += shipped.count().min(loss.records);
+        c.loss_trimmed[i] += shipped_new.min(loss.records);
     }
-    if c.loss_trimmed.iter().any(|&n| n > 0) {
+    let changed = !shipped.is_empty() || !earlier.is_empty();
+    if c.loss_trimmed.iter().any(|&n| n > 0) || changed {
         // Every later notice's running totals come down too; corrected
         // also when it is not sent, as its totals are counted.
         let less: Vec<(LossReason, u64)> = LossReason::ALL
             .into_iter()
             .map(|r| (r, c.loss_trimmed[r as usize]))
             .collect();
-        let fix =
-            (!shipped.is_empty() && !keep.is_empty()).then_some((keep.pairs(), shipped.pairs()));
+        let fix = (changed && !keep.is_empty()).then_some(notice::Correction {
+            lost: keep.pairs(),
+            shipped: shipped.pairs(),
+            earlier: earlier.pairs(),
+        });
         if let Some(p) = notice::corrected(&r.payload, fix, &less) {
             r.payload = p;
         }
     }
-    shipped.is_empty() || !keep.is_empty()
+    !changed || !keep.is_empty()
 }
 
-/// Reports the gaps the ledger found and no notice explained, as
-/// `missing` losses on the publisher's own notices.
+/// Reports what the ledger found: gaps no notice explained, as `missing`,
+/// and losses of notices the publisher had to drop unread, now that the
+/// reader has passed them (see [`ledger`]).
 fn report_missing(
     metrics: &Metrics,
     health: &mut Health,
@@ -419,23 +446,30 @@ fn report_missing(
     caught_up: bool,
     ended: bool,
 ) {
-    for (stream, ranges) in c.ledger.due(now, caught_up, ended) {
+    for (stream, reason, ranges) in c.ledger.due(now, caught_up, ended) {
         let n = ranges.count();
-        Metrics::add(&metrics.dropped[LossReason::Missing as usize], n);
+        Metrics::add(&metrics.dropped[reason as usize], n);
+        if reason != LossReason::Missing {
+            // A companion's loss, reported by the publisher: the
+            // companion's later running totals include it.
+            c.loss_totals[reason as usize] += n;
+        }
         let loss = notice::Loss {
-            reason: LossReason::Missing,
+            reason,
             stream: Some(stream),
             records: n,
             bytes: 0,
             seqs: ranges.pairs().to_vec(),
         };
-        let (k, text) = (c.key.clone(), loss.ranges_text());
-        health.warn(&format!("{k}\0missing"), || {
-            format!(
-                "container {k}: {n} {} records (_seq {text}) are not in its spool and no notice names them (damaged or deleted segment, or an unreported loss); reported as `missing`",
-                stream.name()
-            )
-        });
+        if reason == LossReason::Missing {
+            let (k, text) = (c.key.clone(), loss.ranges_text());
+            health.warn(&format!("{k}\0missing"), || {
+                format!(
+                    "container {k}: {n} {} records (_seq {text}) are not in its spool and no notice names them (damaged or deleted segment, or an unreported loss); reported as `missing`",
+                    stream.name()
+                )
+            });
+        }
         c.notices.add_loss(loss);
     }
 }

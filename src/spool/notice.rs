@@ -208,35 +208,45 @@ pub fn loss_of(payload: &[u8]) -> Option<Loss> {
 /// An inclusive `_seq` range.
 pub type SeqRange = (u64, u64);
 
-/// A companion notice as the publisher corrects it (see
-/// `publisher::ledger`): with `fix` = (the `_seq` ranges really lost, the
-/// ones it named that had been read and shipped before the drop), its
-/// count, range and text say only the first and `shipped_seqs` names the
-/// second; `less` comes off each reason's running total. None when the
-/// payload is not a JSON notice.
+/// What the publisher found about a companion notice's `_seq`s (see
+/// `publisher::ledger`).
+pub struct Correction<'a> {
+    /// Really lost, and named here for the first time.
+    pub lost: &'a [SeqRange],
+    /// Read and shipped before they were dropped: not lost.
+    pub shipped: &'a [SeqRange],
+    /// Lost, but named by an earlier notice already.
+    pub earlier: &'a [SeqRange],
+}
+
+fn ranges_text_of(pairs: &[SeqRange]) -> String {
+    let mut l = Loss {
+        reason: LossReason::Missing,
+        stream: None,
+        records: 0,
+        bytes: 0,
+        seqs: Vec::new(),
+    };
+    for &(a, b) in pairs {
+        l.add_range(a, b);
+    }
+    l.ranges_text()
+}
+
+/// A companion notice as the publisher corrects it: its count, range and
+/// text say only what is really lost and named here first;
+/// `shipped_seqs` and `earlier_seqs` name the rest; `less` comes off each
+/// reason's running total. None when the payload is not a JSON notice.
 pub fn corrected(
     payload: &[u8],
-    fix: Option<(&[SeqRange], &[SeqRange])>,
+    fix: Option<Correction>,
     less: &[(LossReason, u64)],
 ) -> Option<Vec<u8>> {
     let Ok(Value::Object(mut o)) = serde_json::from_slice::<Value>(payload) else {
         return None;
     };
-    if let Some((keep, shipped)) = fix {
-        let text_of = |pairs: &[(u64, u64)]| {
-            let mut l = Loss {
-                reason: LossReason::Missing,
-                stream: None,
-                records: 0,
-                bytes: 0,
-                seqs: Vec::new(),
-            };
-            for &(a, b) in pairs {
-                l.add_range(a, b);
-            }
-            l.ranges_text()
-        };
-        let kept: u64 = keep.iter().map(|(a, b)| b - a + 1).sum();
+    if let Some(fix) = fix {
+        let kept: u64 = fix.lost.iter().map(|(a, b)| b - a + 1).sum();
         let was = o.get("records").and_then(Value::as_u64).unwrap_or(kept);
         let records = was.min(kept);
         let bytes = o.get("bytes").and_then(Value::as_u64).unwrap_or(0);
@@ -247,16 +257,28 @@ pub fn corrected(
         };
         o.insert("records".into(), json!(records));
         o.insert("bytes".into(), json!(bytes));
-        if let (Some(f), Some(l)) = (keep.first(), keep.last()) {
+        if let (Some(f), Some(l)) = (fix.lost.first(), fix.lost.last()) {
             o.insert("first_seq".into(), json!(f.0));
             o.insert("last_seq".into(), json!(l.1));
         }
-        if keep.len() > 1 {
-            o.insert("ranges".into(), json!(text_of(keep)));
+        if fix.lost.len() > 1 {
+            o.insert("ranges".into(), json!(ranges_text_of(fix.lost)));
         } else {
             o.remove("ranges");
         }
-        let shipped_text = text_of(shipped);
+        let mut said = Vec::new();
+        if !fix.shipped.is_empty() {
+            let t = ranges_text_of(fix.shipped);
+            said.push(format!(
+                "_seq {t} had been read and shipped before they were dropped"
+            ));
+            o.insert("shipped_seqs".into(), json!(t));
+        }
+        if !fix.earlier.is_empty() {
+            let t = ranges_text_of(fix.earlier);
+            said.push(format!("_seq {t} were named lost by an earlier notice"));
+            o.insert("earlier_seqs".into(), json!(t));
+        }
         let text = o
             .get("text")
             .and_then(Value::as_str)
@@ -265,11 +287,11 @@ pub fn corrected(
         o.insert(
             "text".into(),
             json!(format!(
-                "{text} [corrected by the publisher: _seq {shipped_text} had been read and shipped before they were dropped; {records} records lost, _seq {}]",
-                text_of(keep)
+                "{text} [corrected by the publisher: {}; newly lost here: {records} records, _seq {}]",
+                said.join("; "),
+                ranges_text_of(fix.lost)
             )),
         );
-        o.insert("shipped_seqs".into(), json!(shipped_text));
     }
     if let Some(Value::Object(t)) = o.get_mut("totals") {
         for (r, n) in less {
@@ -315,6 +337,7 @@ pub fn parse(payload: &[u8]) -> Parsed {
         ("last_seq", "_lost_last_seq"),
         ("ranges", "_lost_seq_ranges"),
         ("shipped_seqs", "_shipped_seqs"),
+        ("earlier_seqs", "_earlier_seqs"),
     ] {
         if let Some(v) = o.get(k).filter(|v| v.is_string() || v.is_u64()) {
             p.fields.push((field.to_string(), v.clone()));

@@ -109,6 +109,9 @@ impl SpoolReader {
             }
             match super::open_untrusted(&segment_path(&self.dir, first)) {
                 Ok(f) => break f,
+                // Dropped at the cap between the listing and the open:
+                // look again (the listing no longer holds it).
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
                     self.torn += 1;
                     self.pos = Position {
