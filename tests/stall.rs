@@ -299,6 +299,52 @@ fn a_spool_copied_by_hand_without_done_marker_or_companion_is_shipped_then_given
 }
 
 #[test]
+fn until_empty_says_so_when_an_output_stays_open_with_everything_delivered() {
+    // A container whose output is still open (a process of it holds its
+    // stdout), everything written so far delivered: `publish --until-empty`
+    // gives up on it by name after --give-up-after, instead of waiting in
+    // silence for as long as that process lives.
+    let broker = Broker::start();
+    let d = tempfile::tempdir().unwrap();
+    let spool = d.path().join("spool");
+    let sbx = d.path().join("c");
+    std::fs::create_dir_all(&sbx).unwrap();
+    let cfg =
+        Config::from_pairs(&[("spool_dir", spool.to_str().unwrap()), ("topic", "open")]).unwrap();
+    let logger = Logger::new(cfg, bin()).unwrap();
+    let j = json!({"directory": sbx.display().to_string()});
+    let p = logger.prepare("c-open", &j.to_string(), None).unwrap();
+    let mut out = std::fs::File::from(p.stdout);
+    for i in 1..=10 {
+        writeln!(out, "{i}").unwrap();
+    }
+    let ran = run_bounded(
+        &mut publish(
+            &spool,
+            &broker.addr(),
+            &["--until-empty", "--give-up-after", "3"],
+        ),
+        Duration::from_secs(60),
+    );
+    ran.assert_code(3);
+    assert!(
+        ran.stderr().contains("giving up on c-open") && ran.stderr().contains("still open"),
+        "{}",
+        ran.stderr()
+    );
+    let mut w = SeqWatch::new(&[("c-open", 10)]);
+    consume_until(
+        &broker.addr(),
+        "open",
+        Duration::from_secs(60),
+        Duration::ZERO,
+        |m| w.add(m),
+    );
+    drop(out);
+    drop(p.stderr);
+}
+
+#[test]
 fn a_second_publisher_is_refused_naming_the_first_and_nothing_ships_twice() {
     let broker = Broker::start();
     let d = tempfile::tempdir().unwrap();

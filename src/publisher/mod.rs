@@ -518,9 +518,21 @@ impl Publisher {
                 && !c.reader.dir().join(crate::spool::DONE_FILE).exists()
                 && crate::spool::companion_alive(c.reader.dir()).is_none()
         };
+        // Everything written so far delivered, but the companion alive:
+        // some process of the command still holds its output open. More
+        // may come, or never; it waits in the spool for the next publisher.
+        let open = |c: &Container| {
+            c.inflight.is_empty()
+                && c.held.is_none()
+                && !c.finished
+                && c.failing.is_none()
+                && c.last_read.elapsed() >= after
+                && c.notices.is_empty()
+                && crate::spool::companion_alive(c.reader.dir()) == Some(true)
+        };
         let blocked = |c: &Container| {
             let own = matches!(c.failing, Some((f, t)) if f.permanent() && t.elapsed() >= after);
-            own || orphan(c) || (client && (!c.inflight.is_empty() || c.held.is_some()))
+            own || orphan(c) || open(c) || (client && (!c.inflight.is_empty() || c.held.is_some()))
         };
         if !self.containers.values().all(blocked) {
             return None;
@@ -531,6 +543,20 @@ impl Publisher {
             .filter(|c| orphan(c))
             .map(|c| c.key.as_str())
             .collect();
+        let open: Vec<&str> = self
+            .containers
+            .values()
+            .filter(|c| open(c))
+            .map(|c| c.key.as_str())
+            .collect();
+        if !open.is_empty() && !client && orphans.is_empty() {
+            return Some(format!(
+                "giving up on {}: everything written so far is delivered, but for {} s nothing new came and the output is still open (its companion is alive: a process of the command still holds its stdout or stderr); what it writes later waits in {} for the next publisher",
+                open.join(", "),
+                after.as_secs(),
+                self.opts.spool_dir.display()
+            ));
+        }
         if !orphans.is_empty() && !client {
             return Some(format!(
                 "giving up on {}: no new records for {} s, no `done` marker and no live companion (a spool copied by hand, or one whose companion is gone without a trace); {}",
