@@ -3,8 +3,8 @@
 //! table. Needs the tansu broker (scripts/setup.sh; TANSU_BIN).
 //!
 //! The same binary re-invokes itself for helpers: `gen` (a paced line
-//! generator), `bare` (a bare librdkafka producer), `wrap` (runs the real
-//! companion and records its rusage), `scale` (an in-process "agent").
+//! generator), `bare` (a bare librdkafka producer), `companion` (runs the
+//! real lean companion and records its rusage), `scale` (an in-process "agent").
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -196,6 +196,11 @@ fn main() {
     if args.iter().any(|a| a == "parse") {
         return parse_cost(); // `cargo bench --bench pipeline -- parse`
     }
+    if let Some(i) = args.iter().position(|a| a == "scale1000") {
+        // `cargo bench --bench pipeline -- scale1000 [N]`
+        let n = args.get(i + 1).and_then(|a| a.parse().ok()).unwrap_or(1000);
+        return scale_many(n);
+    }
     let bin = support::bin();
     let root = tempfile::tempdir().unwrap();
     let r = root.path();
@@ -231,12 +236,43 @@ fn main() {
             .args(["--stdout-fd", "0", "--stderr-fd=-1"]),
         &u,
     );
+    let lean_spool = r.join("spool1b/bench");
+    write_meta(&lean_spool, &sandbox, "bench-publisher");
+    let lean_u = through_pipe(
+        &input,
+        timed(&u, lean_companion())
+            .args(["--spool"])
+            .arg(&lean_spool)
+            .arg("--sandbox")
+            .arg(r.join("sbx1b"))
+            .args(["--stdout-fd", "0", "--stderr-fd=-1"]),
+        &u,
+    );
     print_table(
         "1. Companion: pipe -> sandbox file + spool (reference: the same bytes through a pipe into cat / tee)",
-        &[row("cat > f", cat_u, LINES, bytes), row("tee f1 > f2", tee_u, LINES, bytes), row("mesos-gelf companion", comp_u, LINES, bytes)],
+        &[
+            row("cat > f", cat_u, LINES, bytes),
+            row("tee f1 > f2", tee_u, LINES, bytes),
+            row("mesos-gelf companion", comp_u, LINES, bytes),
+            row("mesos-gelf-companion (lean, the default)", lean_u, LINES, bytes),
+        ],
     );
-    println!("companion/tee throughput ratio: {:.2}x (target >= 0.6x); companion/cat: {:.2}x; companion peak RSS {:.1} MB (target < 8 MB)",
-        tee_u.wall / comp_u.wall, cat_u.wall / comp_u.wall, comp_u.rss_kb as f64 / 1024.0);
+    println!("lean companion/tee throughput ratio: {:.2}x (target >= 0.6x); /cat: {:.2}x; peak RSS {:.1} MB (tee {:.1} MB; target < 4 MB); full binary as companion: {:.2}x tee, {:.1} MB",
+        tee_u.wall / lean_u.wall, cat_u.wall / lean_u.wall, lean_u.rss_kb as f64 / 1024.0,
+        tee_u.rss_kb as f64 / 1024.0, tee_u.wall / comp_u.wall, comp_u.rss_kb as f64 / 1024.0);
+    // Memory that each of many companions costs on its own: private dirty
+    // (not shared with the others) while a burst of short lines is in it.
+    let (tee_rss, tee_priv) = memory_under_burst(Command::new("tee").arg(r.join("tee-burst")));
+    let (lean_rss, lean_priv) = memory_under_burst(
+        Command::new(lean_companion())
+            .args(["--sandbox"])
+            .arg(r.join("sbx-burst"))
+            .arg("--spool")
+            .arg(r.join("spool-burst/bench"))
+            .args(["--stdout-fd", "0", "--stderr-fd=-1"]),
+    );
+    println!("under a burst of 200k short lines: lean companion RSS {:.1} MB, private dirty {:.2} MB (target < 1 MB); tee RSS {:.1} MB, private dirty {:.2} MB",
+        lean_rss as f64 / 1024.0, lean_priv as f64 / 1024.0, tee_rss as f64 / 1024.0, tee_priv as f64 / 1024.0);
 
     // 2. Publisher vs a bare producer.
     let broker = support::Broker::start();
@@ -572,7 +608,177 @@ fn bare(addr: &str, topic: &str, file: &Path) {
     p.flush(Duration::from_secs(120)).unwrap();
 }
 
-/// Becomes `/usr/bin/time ... mesos-gelf companion ...` (same args and
+fn lean_companion() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_mesos-gelf-companion"))
+}
+
+/// RSS and private dirty KB (smaps_rollup) of `cmd` reading a pipe, taken
+/// while it is still open after a burst of 200,000 short lines.
+fn memory_under_burst(cmd: &mut Command) -> (u64, u64) {
+    let mut c = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut w = c.stdin.take().unwrap();
+    let mut burst = String::new();
+    for i in 0..200_000 {
+        burst.push_str(&format!("short line {i}\n"));
+    }
+    w.write_all(burst.as_bytes()).unwrap();
+    // The whole burst is in a pipe of 64 KB: it was read once the write
+    // returned but for the last 64 KB; give it a moment to settle.
+    std::thread::sleep(Duration::from_millis(500));
+    let smaps =
+        std::fs::read_to_string(format!("/proc/{}/smaps_rollup", c.id())).unwrap_or_default();
+    let kb = |k: &str| {
+        smaps
+            .lines()
+            .find(|l| l.starts_with(k))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let out = (kb("Rss:"), kb("Private_Dirty:"));
+    drop(w);
+    c.wait().unwrap();
+    out
+}
+
+/// Process CPU seconds (user + system) of `pid` from /proc.
+fn cpu_of(pid: u32) -> f64 {
+    let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name in parentheses.
+    let rest = st.rsplit_once(')').map(|x| x.1).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let n = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (n(11) + n(12)) / tick
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// `n` containers on one "agent" (this process: the module's Logger with
+/// its publisher thread) with real companions, each writing one line and
+/// then idle: prepare() time, the companions' memory, the publisher's
+/// CPU while all are idle, file descriptors and inotify watches.
+fn scale_many(n: usize) {
+    let broker = support::Broker::start();
+    let root = tempfile::tempdir().unwrap();
+    let spool = root.path().join("spool");
+    let cfg = Config::from_pairs(&[
+        ("kafka.bootstrap.servers", broker.addr().as_str()),
+        ("topic", "bench-many"),
+        ("spool_dir", spool.to_str().unwrap()),
+    ])
+    .unwrap();
+    // The companion an installed agent starts: the lean binary.
+    let mut logger = Logger::new(cfg, lean_companion()).unwrap();
+    logger.initialize(None).unwrap();
+    let fds0 = std::fs::read_dir("/proc/self/fd").unwrap().count();
+    let mut times = Vec::with_capacity(n);
+    let mut held = Vec::with_capacity(n);
+    for i in 0..n {
+        let sbx = root.path().join(format!("sbx{i}"));
+        std::fs::create_dir_all(&sbx).unwrap();
+        let json = serde_json::json!({"directory": sbx.display().to_string()}).to_string();
+        let t0 = Instant::now();
+        let p = logger
+            .prepare(&format!("many-{i:04}"), &json, None)
+            .unwrap();
+        times.push(t0.elapsed().as_secs_f64() * 1000.0);
+        let mut out = std::fs::File::from(p.stdout);
+        writeln!(out, "hello from {i}").unwrap();
+        held.push((out, std::fs::File::from(p.stderr)));
+    }
+    // Every container's line delivered.
+    let t0 = Instant::now();
+    let m = logger.publisher().unwrap().metrics.clone();
+    while m.snapshot()["records_published"].as_u64().unwrap_or(0) < n as u64 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(300),
+            "lines not delivered"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The companions: processes whose command line names this spool.
+    let needle = spool.display().to_string();
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_str().unwrap_or("").parse::<u32>() else {
+            continue;
+        };
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmd).contains(&needle) {
+            pids.push(pid);
+        }
+    }
+    let (mut rss, mut private, mut dirty) = (0u64, 0u64, 0u64);
+    for pid in &pids {
+        let smaps =
+            std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+        for l in smaps.lines() {
+            let v = || {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            if l.starts_with("Rss:") {
+                rss += v();
+            } else if l.starts_with("Private_Dirty:") {
+                private += v();
+                dirty += v();
+            } else if l.starts_with("Private_Clean:") {
+                private += v();
+            }
+        }
+    }
+    // Idle: the agent's (this process's) CPU over 10 s, all companions
+    // idle with their pipes open; reference: a sleeping `sleep`.
+    let me = std::process::id();
+    let (c0, w0) = (cpu_of(me), Instant::now());
+    std::thread::sleep(Duration::from_secs(10));
+    let idle = (cpu_of(me) - c0) / w0.elapsed().as_secs_f64();
+    let comp_cpu: f64 = pids.iter().map(|p| cpu_of(*p)).sum();
+    let fds = std::fs::read_dir("/proc/self/fd").unwrap().count();
+    let mut watches = 0;
+    for e in std::fs::read_dir("/proc/self/fdinfo").unwrap().flatten() {
+        let info = std::fs::read_to_string(e.path()).unwrap_or_default();
+        watches += info
+            .lines()
+            .filter(|l| l.starts_with("inotify wd:"))
+            .count();
+    }
+    println!("\n{n} containers, one publisher, real companions (lean), each idle after one line");
+    println!("| prepare() ms p50 / p99 / max | companions found | companion RSS sum / private sum (MB) | private (dirty) per companion (MB) | agent CPU while all idle | companions' CPU in total (s) | agent fds: 2 per container held by the test + publisher's | inotify watches |");
+    println!("|---|---|---|---|---|---|---|---|");
+    let max = times.iter().cloned().fold(0.0, f64::max);
+    println!(
+        "| {:.1} / {:.1} / {:.1} | {} | {:.0} / {:.0} | {:.2} ({:.2}) | {:.2}% of a core | {:.2} | {} (+{} since start; {} held by the test) | {} |",
+        percentile(&mut times.clone(), 0.5),
+        percentile(&mut times, 0.99),
+        max,
+        pids.len(),
+        rss as f64 / 1024.0,
+        private as f64 / 1024.0,
+        private as f64 / 1024.0 / pids.len().max(1) as f64,
+        dirty as f64 / 1024.0 / pids.len().max(1) as f64,
+        idle * 100.0,
+        comp_cpu,
+        fds,
+        fds - fds0,
+        2 * n,
+        watches
+    );
+    drop(held);
+    drop(logger);
+}
+
+/// Becomes `/usr/bin/time ... mesos-gelf-companion ...` (same args and
 /// fds), recording the companion's usage in `<spool root>/companion.usage`.
 fn wrap_companion(args: &[String]) {
     let spool = args
@@ -581,7 +787,8 @@ fn wrap_companion(args: &[String]) {
         .map(|i| PathBuf::from(&args[i + 1]))
         .unwrap();
     let out = spool.parent().unwrap().join("companion.usage");
-    let err = timed(&out, support::bin()).args(args).exec();
+    // The lean companion: what the module and `run` start by default.
+    let err = timed(&out, lean_companion()).args(args).exec();
     panic!("exec /usr/bin/time: {err}");
 }
 

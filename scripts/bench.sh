@@ -6,3 +6,5 @@ cd "$(dirname "$0")/.."
 TANSU_BIN=$(scripts/setup.sh | tail -n 1)
 export TANSU_BIN
 cargo bench --bench pipeline
+# Scale: 1,000 containers with real companions on one publisher.
+cargo bench --bench pipeline -- scale1000 1000

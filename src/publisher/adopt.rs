@@ -96,7 +96,8 @@ impl Publisher {
             }
             match classify(&key, &e.path()) {
                 Entry::Container => {
-                    self.watcher.watch_container(&e.path(), &key);
+                    // Only hurries adoption; a failure is covered by the rescan.
+                    let _ = self.watcher.watch_container(&e.path(), &key);
                     self.unready.insert(key.clone(), Instant::now());
                     self.try_adopt(&key);
                 }
@@ -187,7 +188,21 @@ impl Publisher {
         };
         self.unready.remove(key);
         let data = crate::spool::data_dir(&dir);
-        self.watcher.watch_container(&data, key);
+        let watched = match self.watcher.watch_container(&data, key) {
+            Ok(()) => true,
+            Err(e) => {
+                // One key for all containers: at the watch limit, every new
+                // container would say the same.
+                self.health.warn("inotify-watch", || {
+                    format!(
+                        "{}: cannot watch for new records ({e}; raise fs.inotify.max_user_watches): looking every {} ms instead",
+                        data.display(),
+                        RECHECK_EVERY.as_millis()
+                    )
+                });
+                false
+            }
+        };
         let (reader, warning) = SpoolReader::open(&data);
         if let Some(w) = warning {
             self.health.warn(&format!("{key}\0checkpoint-read"), || w);
@@ -225,6 +240,7 @@ impl Publisher {
                 acked_since_store: 0,
                 last_store: Instant::now(),
                 may_have_data: true,
+                watched,
                 last_try: Instant::now(),
                 finished: false,
                 retry_at: None,

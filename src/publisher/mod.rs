@@ -113,7 +113,11 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 /// Also checkpoint after this many acknowledged records, so a crash resends
 /// at most this many already-delivered records (plus what was in flight).
 pub const CHECKPOINT_RECORDS: u64 = 4096;
+/// An idle container is read again this often without an inotify event:
+/// often when it is not watched, rarely (a safety net) when it is, so a
+/// thousand idle containers cost the agent next to nothing.
 const RECHECK_EVERY: Duration = Duration::from_millis(250);
+const RECHECK_WATCHED: Duration = Duration::from_secs(5);
 const RESCAN_EVERY: Duration = Duration::from_secs(2);
 /// The default of `give_up_after` for `run` and `publish --until-empty`.
 pub const GIVE_UP_AFTER: Duration = Duration::from_secs(30);
@@ -147,6 +151,8 @@ struct Container {
     acked_since_store: u64,
     last_store: Instant,
     may_have_data: bool,
+    /// inotify tells of its new records (else it is polled).
+    watched: bool,
     last_try: Instant,
     finished: bool,
     retry_at: Option<Instant>,
@@ -355,7 +361,15 @@ impl Publisher {
             crate::fault::hit("publisher");
             for e in events.drain(..) {
                 match e {
-                    Event::Root | Event::Overflow => self.scan_root(),
+                    Event::Root => self.scan_root(),
+                    Event::Overflow => {
+                        // Events were lost: any container may have data.
+                        for c in self.containers.values_mut() {
+                            c.may_have_data = true;
+                            c.size_dirty = true;
+                        }
+                        self.scan_root();
+                    }
                     Event::Container(k) => {
                         if let Some(c) = self.containers.get_mut(&k) {
                             c.may_have_data = true;

@@ -44,10 +44,18 @@ impl Publisher {
         if c.finished && c.notices.is_empty() {
             return Ok(0);
         }
+        // An idle container is left alone until inotify or the recheck
+        // says otherwise; one with notices to send is not idle.
         if !c.finished
             && !c.may_have_data
             && c.held.is_none()
-            && c.last_try.elapsed() < RECHECK_EVERY
+            && c.notices.is_empty()
+            && c.last_try.elapsed()
+                < if c.watched {
+                    RECHECK_WATCHED
+                } else {
+                    RECHECK_EVERY
+                }
         {
             return Ok(0);
         }

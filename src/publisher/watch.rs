@@ -52,15 +52,17 @@ impl Watcher {
         Ok(wd)
     }
 
-    pub fn watch_container(&mut self, dir: &Path, key: &str) {
+    /// Watches a container's directory; an error (the user's inotify
+    /// watch limit, most often) leaves the publisher polling it instead.
+    pub fn watch_container(&mut self, dir: &Path, key: &str) -> std::io::Result<()> {
         let mask = libc::IN_MODIFY
             | libc::IN_CREATE
             | libc::IN_MOVED_TO
             | libc::IN_ONLYDIR
             | libc::IN_DONT_FOLLOW;
-        if let Ok(wd) = self.add(dir, mask) {
-            self.dirs.insert(wd, key.to_string());
-        }
+        let wd = self.add(dir, mask)?;
+        self.dirs.insert(wd, key.to_string());
+        Ok(())
     }
 
     pub fn unwatch(&mut self, key: &str) {

@@ -6,6 +6,7 @@ use super::record::{decode_frame, Decoded, Record, HEADER_LEN};
 use super::{list_segments, segment_path, DONE_FILE, MAGIC};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 /// Read size. Kept small because the publisher holds one reader per
@@ -140,21 +141,28 @@ impl SpoolReader {
             self.pos.offset += self.start as u64;
             self.start = 0;
         }
-        let f = self.file.as_mut().expect("open");
+        let fd = self.file.as_ref().expect("open").as_raw_fd();
         let old = self.buf.len();
         let need = want.max(READ_CHUNK);
-        self.buf.resize(old + need, 0);
+        // Read into the spare capacity, never zeroed first: an idle
+        // container is looked at again and again, and zeroing a chunk for a
+        // read that returns nothing was most of the idle publisher's CPU.
+        self.buf.reserve(need);
         let n = loop {
-            match f.read(&mut self.buf[old..]) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    self.buf.truncate(old);
-                    return Err(e);
-                }
+            let spare = self.buf.spare_capacity_mut();
+            // SAFETY: the kernel writes at most `need` bytes into the Vec's
+            // spare capacity, which holds at least `need`.
+            let r = unsafe { libc::read(fd, spare.as_mut_ptr().cast(), need) };
+            if r >= 0 {
+                break r as usize;
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e);
             }
         };
-        self.buf.truncate(old + n);
+        // SAFETY: the read initialised exactly `n` bytes after `old`.
+        unsafe { self.buf.set_len(old + n) };
         Ok(n)
     }
 
