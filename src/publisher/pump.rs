@@ -102,8 +102,12 @@ impl Publisher {
             if stop.load(Ordering::Relaxed) {
                 break;
             }
-            let unacked = c.inflight.iter().filter(|e| !e.acked).count();
-            if c.failing.is_some() && unacked >= PROBE_RECORDS {
+            // Counted only for a failing container (whose window is a
+            // probe): counting a full window for every record sent was
+            // quadratic, 40% of the publisher's CPU.
+            if c.failing.is_some()
+                && c.inflight.iter().filter(|e| !e.acked).count() >= PROBE_RECORDS
+            {
                 break;
             }
             if c.failing.is_none() && c.inflight_bytes >= own_limit {
