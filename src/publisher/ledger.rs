@@ -353,16 +353,7 @@ impl Ledger {
 
     /// The stored account of a container directory, if any.
     pub fn load(dir: &std::path::Path) -> Option<[u64; 2]> {
-        let s = std::fs::read_to_string(dir.join(FILE)).ok()?;
-        let mut out = [None, None];
-        for kv in s.split_whitespace() {
-            match kv.split_once('=') {
-                Some(("stdout", v)) => out[0] = v.parse().ok(),
-                Some(("stderr", v)) => out[1] = v.parse().ok(),
-                _ => {}
-            }
-        }
-        Some([out[0]?, out[1]?])
+        crate::spool::parse_seqs(&std::fs::read_to_string(dir.join(FILE)).ok()?)
     }
 
     /// Stores the account for the checkpoint about to be written (before

@@ -218,6 +218,12 @@ pub fn done_seqs(dir: &Path) -> Option<[u64; 2]> {
         .take(64)
         .read_to_string(&mut s)
         .ok()?;
+    parse_seqs(&s)
+}
+
+/// `stdout=N stderr=M` (the form of `done` and of the publisher's stored
+/// account): both numbers, or None.
+pub fn parse_seqs(s: &str) -> Option<[u64; 2]> {
     let mut out = [None, None];
     for kv in s.split_whitespace() {
         match kv.split_once('=') {
