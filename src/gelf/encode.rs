@@ -299,7 +299,12 @@ impl Encoder {
     /// Appends the GELF JSON of `rec` to `out` (no trailing newline), cut to
     /// the limit if need be. On [`Fit::Over`] `out` is left as it was.
     pub fn encode(&self, rec: &Record, out: &mut Vec<u8>) -> Fit {
-        let text = String::from_utf8_lossy(&rec.payload);
+        // `from_utf8` checks valid text (nearly every line) word by word;
+        // `from_utf8_lossy` alone walks it byte by byte.
+        let text = match std::str::from_utf8(&rec.payload) {
+            Ok(t) => Cow::Borrowed(t),
+            Err(_) => String::from_utf8_lossy(&rec.payload),
+        };
         let mut body = self.body(rec, &text);
         let start = out.len();
         self.write(rec, &body, None, out);
