@@ -206,7 +206,12 @@ impl Publisher {
             if c.acked != c.stored && (complete || due) {
                 if c.ledger_known {
                     // Before the checkpoint (see `Ledger::store`).
-                    let _ = ledger::Ledger::store(&c.dir, c.acked_seqs);
+                    let account = ledger::Account {
+                        acked: c.acked_seqs,
+                        trimmed: c.loss_trimmed,
+                        notices_corrected: c.notices_corrected,
+                    };
+                    let _ = ledger::Ledger::store(&c.dir, &account);
                 }
                 match c.reader.acknowledge(c.acked, self.config.spool_retain) {
                     Ok(()) => {

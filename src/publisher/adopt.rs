@@ -213,12 +213,12 @@ impl Publisher {
         // The ledger: from the start, or resumed with the account stored at
         // the last checkpoint (a spool of an older release has none).
         let stored = ledger::Ledger::load(&dir);
-        let (ledger, acked_seqs, ledger_known) = if acked == crate::spool::Position::default() {
-            (ledger::Ledger::new(true), [0, 0], true)
+        let (ledger, account, ledger_known) = if acked == crate::spool::Position::default() {
+            (ledger::Ledger::new(true), Default::default(), true)
         } else if let Some(a) = stored {
-            (ledger::Ledger::resume(a), a, true)
+            (ledger::Ledger::resume(a.acked), a, true)
         } else {
-            (ledger::Ledger::new(false), [0, 0], false)
+            (ledger::Ledger::new(false), Default::default(), false)
         };
         let encoder = Encoder::new(&self.config, &meta.identity, &meta.settings);
         self.slots.insert(slot, key.to_string());
@@ -249,11 +249,11 @@ impl Publisher {
                 failing: None,
                 backoff: RETRY_BACKOFF,
                 loss_totals: Default::default(),
-                loss_trimmed: Default::default(),
-                notices_corrected: 0,
+                loss_trimmed: account.trimmed,
+                notices_corrected: account.notices_corrected,
                 corrected: Default::default(),
                 ledger,
-                acked_seqs,
+                acked_seqs: account.acked,
                 ledger_known,
                 torn_counted: 0,
                 nested: crate::nested::lookup_for(&meta.identity).map(|lookup| NestedWait {

@@ -27,7 +27,13 @@
 //! last `_seq` acknowledged per stream) is stored next to the spool
 //! ([`FILE`]), so a publisher that resumes (agent restart) knows what came
 //! before; gaps found but not yet reported when a publisher dies are found
-//! again only if they lie after the checkpoint. Records a killed publisher
+//! again only if they lie after the checkpoint. With the account go the
+//! corrections made to the companion's running loss totals, so they stay
+//! right across restarts. A notice read after a restart that names
+//! `_seq`s before the stored account calls them `_earlier_seqs` (an
+//! earlier publisher shipped or named them; which, it no longer knows);
+//! records of those a publisher shipped and the companion reports only
+//! now stay in its running totals. Records a killed publisher
 //! had sent but never saw acknowledged may still reach Kafka (at least
 //! once) and may then also be named lost: nobody can know.
 
@@ -132,6 +138,10 @@ struct Track {
     base: Option<u64>,
     /// Every `_seq` from `base` below this was read or is in `gaps`.
     next: u64,
+    /// Resumed with a stored account: every `_seq` below this was
+    /// accounted for by an earlier publisher (shipped, or named lost; it
+    /// cannot tell which), so a notice naming them says nothing new.
+    resumed: u64,
     /// Never read.
     gaps: Ranges,
     /// Named by a notice (possibly before the gap was seen): never named
@@ -203,10 +213,17 @@ impl Track {
     /// Splits a notice's ranges (see [`Checked`]) and marks the kept ones
     /// explained.
     fn notice(&mut self, named: &Ranges) -> Checked {
+        let mut before = Ranges::default();
+        if self.resumed > 1 {
+            before.insert(1, self.resumed - 1);
+        }
+        let prior = named.and(&before);
+        let named = named.minus(&prior);
         let read = named.and(&self.read_ranges());
         let rest = named.minus(&read);
         let keep = rest.minus(&self.explained).minus(&self.reported);
-        let earlier = rest.minus(&keep);
+        let mut earlier = rest.minus(&keep);
+        earlier.insert_all(&prior);
         self.explained.insert_all(&keep);
         let shipped_new = read.minus(&self.shipped_named).count();
         self.shipped_named.insert_all(&read);
@@ -321,6 +338,17 @@ fn slot(s: Stream) -> Option<usize> {
     }
 }
 
+/// What a publisher leaves its successor (see [`FILE`]): the last `_seq`s
+/// acknowledged, and how far it had corrected the companion's running loss
+/// totals (records its notices named that had been shipped, by reason, and
+/// the last notice counted), so the totals stay right across a restart.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Account {
+    pub acked: [u64; 2],
+    pub trimmed: [u64; LossReason::ALL.len()],
+    pub notices_corrected: u64,
+}
+
 /// Where the ledger keeps, per container, the last `_seq` of each stream
 /// acknowledged at the last checkpoint (`<spool_dir>/<key>/ledger`, root's
 /// directory): a publisher that resumes knows what came before.
@@ -347,20 +375,45 @@ impl Ledger {
         for (t, a) in l.streams.iter_mut().zip(acked) {
             t.base = Some(1);
             t.next = a.saturating_add(1);
+            t.resumed = t.next;
         }
         l
     }
 
     /// The stored account of a container directory, if any.
-    pub fn load(dir: &std::path::Path) -> Option<[u64; 2]> {
-        crate::spool::parse_seqs(&std::fs::read_to_string(dir.join(FILE)).ok()?)
+    pub fn load(dir: &std::path::Path) -> Option<Account> {
+        let s = std::fs::read_to_string(dir.join(FILE)).ok()?;
+        let mut a = Account {
+            acked: crate::spool::parse_seqs(&s)?,
+            ..Default::default()
+        };
+        for kv in s.split_whitespace() {
+            let Some((k, v)) = kv.split_once('=') else {
+                continue;
+            };
+            let Ok(v) = v.parse() else { continue };
+            if k == "notices_corrected" {
+                a.notices_corrected = v;
+            } else if let Some(r) = k.strip_prefix("trimmed.").and_then(LossReason::from_name) {
+                a.trimmed[r as usize] = v;
+            }
+        }
+        Some(a)
     }
 
     /// Stores the account for the checkpoint about to be written (before
     /// it: a stored account ahead of the checkpoint only makes records
     /// read again count as read again, never as gaps).
-    pub fn store(dir: &std::path::Path, acked: [u64; 2]) -> std::io::Result<()> {
-        let text = format!("stdout={} stderr={}\n", acked[0], acked[1]);
+    pub fn store(dir: &std::path::Path, a: &Account) -> std::io::Result<()> {
+        use std::fmt::Write;
+        let mut text = format!("stdout={} stderr={}", a.acked[0], a.acked[1]);
+        let _ = write!(text, " notices_corrected={}", a.notices_corrected);
+        for r in LossReason::ALL {
+            if a.trimmed[r as usize] > 0 {
+                let _ = write!(text, " trimmed.{}={}", r.name(), a.trimmed[r as usize]);
+            }
+        }
+        text.push('\n');
         crate::spool::write_atomic(dir, FILE, text.as_bytes())
     }
 
@@ -563,19 +616,34 @@ mod tests {
     fn after_a_restart_the_stored_account_keeps_what_was_shipped_shipped() {
         let t0 = Instant::now();
         let d = tempfile::tempdir().unwrap();
-        Ledger::store(d.path(), [1000, 10]).unwrap();
-        let mut l = Ledger::resume(Ledger::load(d.path()).unwrap());
+        let mut a = Account {
+            acked: [1000, 10],
+            notices_corrected: 7,
+            ..Default::default()
+        };
+        a.trimmed[LossReason::SpoolCap as usize] = 42;
+        Ledger::store(d.path(), &a).unwrap();
+        assert_eq!(Ledger::load(d.path()), Some(a));
+        let mut l = Ledger::resume(a.acked);
         // Nothing more read; the companion ended at 1000 / 12.
         l.end([1000, 12], t0);
         assert_eq!(
             l.due(t0, true, true),
             vec![missing(Stream::Stderr, &[(11, 12)])]
         );
-        // A notice naming shipped records says nothing.
-        assert!(l
-            .notice(Stream::Stdout, &r(&[(1, 500)]), None)
-            .keep
-            .is_empty());
+        // A notice naming records an earlier publisher accounted for
+        // (shipped or named: it cannot know which) says nothing new, and
+        // claims none of them shipped.
+        let c = l.notice(Stream::Stdout, &r(&[(1, 500)]), None);
+        assert!(c.keep.is_empty());
+        assert!(c.shipped.is_empty());
+        assert_eq!(c.earlier, r(&[(1, 500)]));
+        assert_eq!(c.shipped_new, 0);
+        // What this publisher read itself is shipped.
+        l.read(Stream::Stdout, 1001, t0);
+        let c = l.notice(Stream::Stdout, &r(&[(990, 1001)]), None);
+        assert_eq!(c.shipped, r(&[(1001, 1001)]));
+        assert_eq!(c.earlier, r(&[(990, 1000)]));
         // Without a stored account nothing is claimed.
         let mut l = Ledger::new(false);
         l.end([1000, 10], t0);
