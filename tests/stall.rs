@@ -499,6 +499,9 @@ fn an_invalid_topic_is_named_bounded_and_does_not_hold_up_the_others() {
         m["kafka_errors/invalid_topic"].as_u64().unwrap() >= 1,
         "{m}"
     );
+    // One container's topic is not the agent's connection to Kafka.
+    assert_eq!(m["kafka_reachable"], 1, "{m}");
+    assert!(!err.contains("delivering again"), "no flapping: {err}");
 }
 
 /// A CA, a certificate for localhost signed by it, one for another host

@@ -67,6 +67,18 @@ impl Cause {
         Cause::Other,
     ];
 
+    /// A cause that concerns one topic, not the connection to Kafka: one
+    /// container's bad topic must not make the whole agent look cut off
+    /// (`kafka_reachable`, "delivering again" flapping) while every other
+    /// container ships.
+    pub fn topic_level(self, text: &str) -> bool {
+        match self {
+            Cause::InvalidTopic | Cause::UnknownTopic | Cause::TooLarge => true,
+            Cause::Authorization => text.to_ascii_lowercase().contains("topic"),
+            _ => false,
+        }
+    }
+
     pub fn classify(text: &str) -> Cause {
         let t = text.to_ascii_lowercase();
         let has = |ps: &[&str]| ps.iter().any(|p| t.contains(p));
@@ -197,6 +209,11 @@ impl Health {
     pub fn client_error(&mut self, text: &str) -> Cause {
         let cause = Cause::classify(text);
         self.count(cause, text);
+        if cause.topic_level(text) {
+            // About one topic (librdkafka reports it globally too): the
+            // container using it is named by its delivery errors.
+            return cause;
+        }
         if !matches!(self.client_problem, Some((c, _)) if c == cause) {
             self.client_problem = Some((cause, Instant::now()));
         }
@@ -216,8 +233,8 @@ impl Health {
     pub fn container_error(&mut self, container: &str, topic: &str, text: &str) -> Cause {
         let cause = Cause::classify(text);
         self.count(cause, text);
-        self.unhealthy = true;
-        if cause != Cause::TooLarge {
+        if !cause.topic_level(text) {
+            self.unhealthy = true;
             self.metrics.kafka_reachable.store(0, Relaxed);
         }
         self.limiter.emit(
@@ -297,6 +314,11 @@ mod tests {
         assert_eq!(c("FAIL: ssl://127.0.0.1:9092/bootstrap: Connection setup timed out in state SSL_HANDSHAKE (after 10023ms in state SSL_HANDSHAKE)"), Cause::Tls);
         assert_eq!(c("ssl://127.0.0.1:9093/bootstrap: Connect to ipv4#127.0.0.1:9093 failed: Connection refused (after 0ms in state CONNECT)"), Cause::Transport);
         assert!(Cause::Tls.permanent() && !Cause::Transport.permanent());
+        let t = "Message production error: TopicAuthorizationFailed (Broker: Topic authorization failed)";
+        assert!(c(t).topic_level(t));
+        let t = "ClusterAuthorizationFailed (Broker: Cluster authorization failed)";
+        assert!(!c(t).topic_level(t), "{:?}", c(t));
+        assert!(Cause::UnknownTopic.topic_level("") && !Cause::Transport.topic_level(""));
         for (i, c) in Cause::ALL.iter().enumerate() {
             assert_eq!(*c as usize, i);
         }
