@@ -165,13 +165,16 @@ impl Publisher {
         // Only records of containers whose deliveries do not fail count: a
         // probe for a bad topic may wait on librdkafka for a long time, and
         // says nothing about the connection.
-        let probes: usize = self
-            .containers
-            .values()
-            .filter(|c| c.failing.is_some())
-            .map(|c| c.inflight.iter().filter(|e| !e.acked).count())
-            .sum();
-        let waiting = self.in_flight_msgs > probes as u64;
+        // (Looked at only with records in flight: not every idle pass.)
+        let waiting = self.in_flight_msgs > 0 && {
+            let probes: usize = self
+                .containers
+                .values()
+                .filter(|c| c.failing.is_some())
+                .map(Container::unacked)
+                .sum();
+            self.in_flight_msgs > probes as u64
+        };
         if !waiting {
             self.stall_since = None;
         } else if let Some(t) = self.stall_since {

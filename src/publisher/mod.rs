@@ -199,6 +199,13 @@ struct Container {
     last_read: Instant,
 }
 
+impl Container {
+    /// Records sent and not yet acknowledged (a failing container's probe).
+    fn unacked(&self) -> usize {
+        self.inflight.iter().filter(|e| !e.acked).count()
+    }
+}
+
 struct NestedWait {
     lookup: crate::nested::Lookup,
     since: Instant,

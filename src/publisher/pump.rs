@@ -105,9 +105,7 @@ impl Publisher {
             // Counted only for a failing container (whose window is a
             // probe): counting a full window for every record sent was
             // quadratic, 40% of the publisher's CPU.
-            if c.failing.is_some()
-                && c.inflight.iter().filter(|e| !e.acked).count() >= PROBE_RECORDS
-            {
+            if c.failing.is_some() && c.unacked() >= PROBE_RECORDS {
                 break;
             }
             if c.failing.is_none() && c.inflight_bytes >= own_limit {
