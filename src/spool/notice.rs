@@ -215,7 +215,8 @@ pub struct Correction<'a> {
     pub lost: &'a [SeqRange],
     /// Read and shipped before they were dropped: not lost.
     pub shipped: &'a [SeqRange],
-    /// Lost, but named by an earlier notice already.
+    /// Named by an earlier notice already, or accounted for by an earlier
+    /// publisher (before a restart).
     pub earlier: &'a [SeqRange],
 }
 
@@ -276,7 +277,9 @@ pub fn corrected(
         }
         if !fix.earlier.is_empty() {
             let t = ranges_text_of(fix.earlier);
-            said.push(format!("_seq {t} were named lost by an earlier notice"));
+            said.push(format!(
+                "_seq {t} were accounted for earlier (named lost by an earlier notice, or, before a publisher restart, shipped or named)"
+            ));
             o.insert("earlier_seqs".into(), json!(t));
         }
         let text = o
