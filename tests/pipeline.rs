@@ -90,6 +90,64 @@ fn a_million_lines_exactly_once_in_order_per_stream() {
     );
 }
 
+/// The default companion, `mesos-gelf-companion`, maps no C++ runtime
+/// (src/companion_main.rs says why that matters), and a burst of the
+/// shortest lines, many records per byte read, still arrives exactly once
+/// and in order (the companion hands a read over in small pieces).
+#[test]
+fn lean_companion_has_no_cxx_runtime_and_ships_a_burst_of_empty_lines() {
+    let lean = bin().with_file_name("mesos-gelf-companion");
+    let d = sandbox();
+    let mut c = std::process::Command::new(&lean)
+        .arg("--sandbox")
+        .arg(d.path())
+        .args(["--stdout-fd", "0", "--stderr-fd=-1"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Its maps name its own binary once the exec is done and the dynamic
+    // loader has mapped every library it needs.
+    let maps_path = format!("/proc/{}/maps", c.id());
+    let t0 = std::time::Instant::now();
+    let maps = loop {
+        let m = std::fs::read_to_string(&maps_path).unwrap_or_default();
+        if m.contains("mesos-gelf-companion") && m.contains("libc.so") {
+            break m;
+        }
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(60),
+            "the companion never mapped its binary and libc: {m}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(!maps.contains("libstdc++"), "libstdc++ is mapped: {maps}");
+    drop(c.stdin.take());
+    assert!(c.wait().unwrap().success());
+
+    let d = sandbox();
+    let (msgs, out) = run_in(
+        d.path(),
+        &[],
+        &[
+            "sh",
+            "-c",
+            "yes '' | head -n 200000; yes x | head -n 200000",
+        ],
+    );
+    assert!(out.status.success());
+    let o = by_stream(&msgs, "stdout");
+    assert_eq!(o.len(), 400_000);
+    for (i, m) in o.iter().enumerate() {
+        assert_eq!(m["_seq"].as_u64(), Some(i as u64 + 1));
+        let want = if i < 200_000 { "(empty line)" } else { "x" };
+        assert_eq!(m["short_message"], want, "record {}", i + 1);
+    }
+    assert_eq!(
+        std::fs::metadata(d.path().join("stdout")).unwrap().len(),
+        600_000
+    );
+}
+
 #[test]
 fn output_without_trailing_newline_is_flushed_at_eof() {
     let d = sandbox();

@@ -135,10 +135,19 @@ fn join_cgroup(procs: &Path) {
     let _ = std::fs::write(procs, format!("{}\n", std::process::id()));
 }
 
-/// Frames are written once this much is queued (and after every read): it
-/// keeps the buffer below malloc's mmap threshold, so an idle companion
-/// gives its memory back.
+/// Frames are written before the queue would pass this much (and after
+/// every read), so the spool writer's buffer never grows past it: a burst
+/// costs a companion no more memory than a quiet stream.
 const FLUSH_BYTES: usize = 64 * 1024;
+
+/// A read is cut into pieces of this size for the line assembler, and each
+/// piece's records are handed over before the next: a 64 KB read of empty
+/// lines would otherwise be 65,536 records (3 MB) in hand at once.
+const FEED_BYTES: usize = 4 * 1024;
+
+/// Records in hand between two hand-overs (at most one per byte of a
+/// piece); the vector is shrunk back to this after a larger batch.
+const RECORDS_KEPT: usize = 1024;
 
 /// Moves finished records into the spool writer's buffer (written at the
 /// next flush, which also happens once the buffer is large); records over
@@ -163,13 +172,18 @@ fn hand_over(
                         continue;
                     }
                 }
+                if w.pending_bytes() > 0
+                    && w.pending_bytes() + Record::frame_len(r.payload.len()) > FLUSH_BYTES
+                {
+                    w.flush();
+                }
                 w.append(&r);
-            }
-            if w.pending_bytes() >= FLUSH_BYTES {
-                w.flush();
             }
         }
         None => records.clear(),
+    }
+    if records.capacity() > RECORDS_KEPT {
+        records.shrink_to(RECORDS_KEPT);
     }
 }
 
@@ -299,7 +313,7 @@ pub fn run(args: &CompanionArgs) {
     }
     let mut sandbox_reported = [0u64; 2];
     let mut buf = vec![0u8; 64 * 1024];
-    let mut records: Vec<Record> = Vec::with_capacity(1024);
+    let mut records: Vec<Record> = Vec::with_capacity(RECORDS_KEPT);
     while inputs.iter().any(|i| i.open) {
         let now = now_micros();
         let deadline = inputs.iter().filter_map(|i| i.asm.deadline()).min();
@@ -336,10 +350,11 @@ pub fn run(args: &CompanionArgs) {
                 if n > 0 {
                     let chunk = &buf[..n as usize];
                     i.sandbox.write(chunk);
-                    i.asm.feed(chunk, now_micros(), &mut records);
-                    // Per chunk, so a burst of short lines never piles up
-                    // as thousands of small allocations.
-                    hand_over(&mut records, writer.as_mut(), &mut limit);
+                    let ts = now_micros();
+                    for piece in chunk.chunks(FEED_BYTES) {
+                        i.asm.feed(piece, ts, &mut records);
+                        hand_over(&mut records, writer.as_mut(), &mut limit);
+                    }
                     if (n as usize) < buf.len() {
                         break;
                     }

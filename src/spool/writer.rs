@@ -23,6 +23,10 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+/// The queue of frames waiting for [`SpoolWriter::flush`] starts this large
+/// and is shrunk back to it after a larger batch.
+const PENDING_KEPT: usize = 64 * 1024;
+
 /// Notices of one kind are written at most this often (a burst of drops
 /// becomes one notice per reason and stream, with the whole range).
 pub const NOTICE_EVERY: Duration = Duration::from_secs(1);
@@ -139,7 +143,7 @@ impl SpoolWriter {
             file: None,
             segments: VecDeque::new(),
             next_index: last + 1,
-            pending: Vec::with_capacity(64 * 1024),
+            pending: Vec::with_capacity(PENDING_KEPT),
             unreported: Vec::new(),
             totals: [0; LossReason::ALL.len()],
             last_notice: None,
@@ -335,6 +339,10 @@ impl SpoolWriter {
             off = end;
         }
         self.pending.clear();
+        // One giant record must not keep its buffer for the container's life.
+        if self.pending.capacity() > 2 * PENDING_KEPT {
+            self.pending.shrink_to(PENDING_KEPT);
+        }
     }
 
     /// Keeps `spool_min_free` on the spool filesystem: before writing, our
