@@ -317,8 +317,13 @@ pub fn run(args: &CompanionArgs) {
     while inputs.iter().any(|i| i.open) {
         let now = now_micros();
         let deadline = inputs.iter().filter_map(|i| i.asm.deadline()).min();
-        let timeout_ms: i32 = match deadline {
-            Some(d) => ((d - now).max(0) / 1000 + 1).min(60_000) as i32,
+        let lines_due_ms = deadline.map(|d| (d - now).max(0) / 1000 + 1);
+        let notice_due_ms = writer
+            .as_ref()
+            .and_then(|w| w.notice_due_in())
+            .map(|d| d.as_millis() as i64 + 1);
+        let timeout_ms: i32 = match lines_due_ms.into_iter().chain(notice_due_ms).min() {
+            Some(ms) => ms.min(60_000) as i32,
             None => -1,
         };
         let mut pfds: Vec<libc::pollfd> = inputs

@@ -433,6 +433,20 @@ impl SpoolWriter {
         }
     }
 
+    /// How long until [`take_loss_notices`](Self::take_loss_notices) has
+    /// notices to give, if losses wait for one: the companion must wake up
+    /// then even if its container writes nothing more (else a burst's loss
+    /// notice would wait for the container's next line, maybe for hours).
+    pub fn notice_due_in(&self) -> Option<Duration> {
+        if self.unreported.is_empty() {
+            return None;
+        }
+        Some(
+            self.last_notice
+                .map_or(Duration::ZERO, |t| NOTICE_EVERY.saturating_sub(t.elapsed())),
+        )
+    }
+
     /// Notice records for the losses not yet reported: one per reason and
     /// stream, at most once per [`NOTICE_EVERY`] unless `now` is forced (at
     /// the end). `seq` is the container's last notice sequence number.
