@@ -704,3 +704,74 @@ fn a_publisher_killed_between_two_rounds_of_losses_keeps_the_account_exact() {
         acc.earlier.len()
     );
 }
+
+#[test]
+fn rate_limit_and_cap_losses_together_each_keep_their_reason_and_total() {
+    // A burst over the rate limit while the broker is frozen: the limit
+    // cuts lines out of the spool here and there, and the cap then drops
+    // the segments around those gaps, on both streams at once. Every line
+    // is named once, under the reason that really lost it, and each
+    // reason's running total equals what was named for it.
+    let broker = Broker::start();
+    let d = tempfile::tempdir().unwrap();
+    let spool = d.path().join("spool");
+    let sbx = d.path().join("sbx");
+    let g = |i: u32| d.path().join(format!("go{i}"));
+    let wait = |i: u32| format!("while [ ! -e {} ]; do sleep 0.05; done", g(i).display());
+    let mut run = spawn_run(
+        &spool,
+        &sbx,
+        &broker.addr(),
+        "acct-rate-cap",
+        "c-rc",
+        &[
+            "spool_max_size=64KB",
+            "rate_limit_lines=20000",
+            "rate_limit_burst=1",
+        ],
+        &format!(
+            "seq 1 100; {}; i=101; while [ $i -le 150000 ]; do seq $i $((i + 9999)); seq $i $((i + 99)) >&2; i=$((i + 10000)); done; {}; seq 150101 150110; seq 150001 150010 >&2",
+            wait(1),
+            wait(2)
+        ),
+    );
+    let mut first = Account::new("c-rc");
+    consume_until(
+        &broker.addr(),
+        "acct-rate-cap",
+        Duration::from_secs(60),
+        Duration::ZERO,
+        |m| {
+            first.add(m);
+            first.complete(100)
+        },
+    );
+    broker.freeze();
+    std::fs::write(g(1), b"").unwrap();
+    wait_lines(&sbx.join("stdout"), 150_100);
+    broker.thaw();
+    std::fs::write(g(2), b"").unwrap();
+    assert!(wait_child(&mut run, Duration::from_secs(120)).is_some_and(|s| s.success()));
+    let mut named_by_reason: BTreeMap<String, u64> = BTreeMap::new();
+    let mut totals: BTreeMap<String, u64> = BTreeMap::new();
+    for (stream, n) in [("stdout", 150_110), ("stderr", 1_510)] {
+        let acc = consume_stream(&broker.addr(), "acct-rate-cap", "c-rc", stream, n);
+        acc.assert_exact(n);
+        for reason in ["spool_cap", "rate_limit"] {
+            *named_by_reason.entry(reason.into()).or_default() += acc.lost(reason);
+        }
+        for (r, t) in &acc.totals {
+            let e = totals.entry(r.clone()).or_default();
+            *e = (*e).max(*t);
+        }
+    }
+    assert!(named_by_reason["spool_cap"] > 0, "{named_by_reason:?}");
+    assert!(named_by_reason["rate_limit"] > 0, "{named_by_reason:?}");
+    for reason in ["spool_cap", "rate_limit"] {
+        assert_eq!(
+            totals.get(reason).copied().unwrap_or(0),
+            named_by_reason[reason],
+            "{reason}: running total against lines named (all: {totals:?} / {named_by_reason:?})"
+        );
+    }
+}

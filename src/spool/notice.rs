@@ -95,26 +95,32 @@ pub struct Loss {
 /// names a few kept records as lost: never the other way round).
 pub const MAX_RANGES: usize = 256;
 
+/// Adds `a..=b` to sorted, disjoint, inclusive `seqs`, merging ranges that
+/// touch; past [`MAX_RANGES`] the closest two are merged.
+pub fn add_range(seqs: &mut Vec<(u64, u64)>, a: u64, b: u64) {
+    let i = seqs.partition_point(|r| r.1 + 1 < a);
+    let mut lo = a;
+    let mut hi = b;
+    let mut j = i;
+    while j < seqs.len() && seqs[j].0 <= hi.saturating_add(1) {
+        lo = lo.min(seqs[j].0);
+        hi = hi.max(seqs[j].1);
+        j += 1;
+    }
+    seqs.splice(i..j, [(lo, hi)]);
+    if seqs.len() > MAX_RANGES {
+        let k = (0..seqs.len() - 1)
+            .min_by_key(|&k| seqs[k + 1].0 - seqs[k].1)
+            .expect("two ranges");
+        seqs[k].1 = seqs[k + 1].1;
+        seqs.remove(k + 1);
+    }
+}
+
 impl Loss {
     /// Adds the lost range `a..=b`, merging ranges that touch.
     pub fn add_range(&mut self, a: u64, b: u64) {
-        let i = self.seqs.partition_point(|r| r.1 + 1 < a);
-        let mut lo = a;
-        let mut hi = b;
-        let mut j = i;
-        while j < self.seqs.len() && self.seqs[j].0 <= hi.saturating_add(1) {
-            lo = lo.min(self.seqs[j].0);
-            hi = hi.max(self.seqs[j].1);
-            j += 1;
-        }
-        self.seqs.splice(i..j, [(lo, hi)]);
-        if self.seqs.len() > MAX_RANGES {
-            let k = (0..self.seqs.len() - 1)
-                .min_by_key(|&k| self.seqs[k + 1].0 - self.seqs[k].1)
-                .expect("two ranges");
-            self.seqs[k].1 = self.seqs[k + 1].1;
-            self.seqs.remove(k + 1);
-        }
+        add_range(&mut self.seqs, a, b);
     }
 
     /// The ranges as text: `5-124,300-310` (a GELF string field).

@@ -32,22 +32,24 @@ const PENDING_KEPT: usize = 64 * 1024;
 pub const NOTICE_EVERY: Duration = Duration::from_secs(1);
 
 /// What one stream has in a segment (or lost in one go).
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 struct Span {
     records: u64,
     bytes: u64,
-    first: u64,
-    last: u64,
+    /// The `_seq`s, as ranges: records the rate limit kept out of the
+    /// spool leave gaps, and a loss must not name them (they have a notice
+    /// of their own, with the right reason).
+    seqs: Vec<(u64, u64)>,
 }
 
 impl Span {
     fn add(&mut self, seq: u64, bytes: u64) {
-        if self.records == 0 {
-            self.first = seq;
-        }
         self.records += 1;
         self.bytes += bytes;
-        self.last = seq;
+        match self.seqs.last_mut() {
+            Some(r) if r.1.saturating_add(1) == seq => r.1 = seq,
+            _ => notice::add_range(&mut self.seqs, seq, seq),
+        }
     }
 }
 
@@ -109,6 +111,11 @@ pub struct SpoolWriter {
     unreported: Vec<Loss>,
     /// Cumulative losses by reason (records; bytes for SandboxWrite).
     totals: [u64; LossReason::ALL.len()],
+    /// `totals` as the last notice written gave them.
+    noticed_totals: [u64; LossReason::ALL.len()],
+    /// Of `unreported`, what is reported again (in the totals already),
+    /// by reason and stream.
+    requeued: Vec<(LossReason, Option<Stream>, u64)>,
     last_notice: Option<Instant>,
     pub last_error: Option<String>,
     /// Why the sandbox files could not be written (for the notice).
@@ -145,6 +152,8 @@ impl SpoolWriter {
             next_index: last + 1,
             pending: Vec::with_capacity(PENDING_KEPT),
             unreported: Vec::new(),
+            noticed_totals: [0; LossReason::ALL.len()],
+            requeued: Vec::new(),
             totals: [0; LossReason::ALL.len()],
             last_notice: None,
             last_error: None,
@@ -196,22 +205,32 @@ impl SpoolWriter {
     /// (the totals already count it).
     fn requeue(&mut self, loss: Loss) {
         let before = self.totals;
+        let (reason, stream) = (loss.reason, loss.stream);
         self.record_loss(loss);
+        let counted = self.totals[reason as usize] - before[reason as usize];
         self.totals = before;
+        match self
+            .requeued
+            .iter_mut()
+            .find(|r| r.0 == reason && r.1 == stream)
+        {
+            Some(r) => r.2 += counted,
+            None => self.requeued.push((reason, stream, counted)),
+        }
     }
 
     /// Records the records of `spans` as lost. Notice records are not
     /// counted: what they said is reported again (see `requeue`).
     fn lose_spans(&mut self, reason: LossReason, spans: &[Span; 3]) {
         for s in [Stream::Stdout, Stream::Stderr] {
-            let sp = spans[slot(s)];
+            let sp = &spans[slot(s)];
             if sp.records > 0 {
                 self.record_loss(Loss {
                     reason,
                     stream: Some(s),
                     records: sp.records,
                     bytes: sp.bytes,
-                    seqs: vec![(sp.first, sp.last)],
+                    seqs: sp.seqs.clone(),
                 });
             }
         }
@@ -220,7 +239,7 @@ impl SpoolWriter {
     /// Records the frames of `pending[from..to]` as lost for `reason`
     /// (a notice among them is reported again instead).
     fn lose_frames(&mut self, reason: LossReason, from: usize, to: usize) {
-        let mut spans = [Span::default(); 3];
+        let mut spans: [Span; 3] = Default::default();
         let mut requeued = Vec::new();
         let mut at = from;
         for (len, s, seq) in frames(&self.pending[from..to]) {
@@ -256,7 +275,7 @@ impl SpoolWriter {
         self.segments.push_back(Segment {
             index,
             bytes: MAGIC.len() as u64,
-            spans: [Span::default(); 3],
+            spans: Default::default(),
             notices: Vec::new(),
         });
         Ok(())
@@ -457,19 +476,41 @@ impl SpoolWriter {
             return Vec::new();
         }
         self.last_notice = Some(Instant::now());
-        let totals: Vec<(LossReason, u64)> = LossReason::ALL
-            .into_iter()
-            .filter(|r| self.totals[*r as usize] > 0)
-            .map(|r| (r, self.totals[r as usize]))
-            .collect();
+        // Each notice's running totals count the losses of the notices up
+        // to it, not those of the notices after it in the same batch: the
+        // publisher takes the records it had shipped off each notice's
+        // totals as it reads it, so a total that ran ahead of its notice
+        // would keep a later notice's shipped records in. A loss reported
+        // again adds nothing: it is in the totals already.
+        let mut running = self.noticed_totals;
         let losses = std::mem::take(&mut self.unreported);
-        losses
+        let out = losses
             .iter()
             .map(|l| {
+                let i = l.reason as usize;
+                let amount = if l.reason == LossReason::SandboxWrite {
+                    l.bytes
+                } else {
+                    l.records
+                };
+                let again = self
+                    .requeued
+                    .iter()
+                    .find(|r| r.0 == l.reason && r.1 == l.stream)
+                    .map_or(0, |r| r.2);
+                running[i] = (running[i] + amount.saturating_sub(again)).min(self.totals[i]);
+                let totals: Vec<(LossReason, u64)> = LossReason::ALL
+                    .into_iter()
+                    .filter(|r| running[*r as usize] > 0)
+                    .map(|r| (r, running[r as usize]))
+                    .collect();
                 *seq += 1;
                 notice::record(*seq, self.describe(l), Some(l), &totals)
             })
-            .collect()
+            .collect();
+        self.noticed_totals = self.totals;
+        self.requeued.clear();
+        out
     }
 
     fn describe(&self, l: &Loss) -> String {
@@ -540,5 +581,95 @@ impl SpoolWriter {
         }
         super::mark_done_at(&self.dir, last)?;
         Ok(totals)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loss(stream: Stream, records: u64, a: u64, b: u64) -> Loss {
+        Loss {
+            reason: LossReason::SpoolCap,
+            stream: Some(stream),
+            records,
+            bytes: records * 10,
+            seqs: vec![(a, b)],
+        }
+    }
+
+    fn cap_totals(notices: &[Record]) -> Vec<u64> {
+        notices
+            .iter()
+            .map(|n| {
+                let p = notice::parse(&n.payload);
+                p.totals
+                    .iter()
+                    .find(|(r, _)| *r == LossReason::SpoolCap)
+                    .map_or(0, |t| t.1)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn each_notice_of_a_batch_totals_the_losses_up_to_it() {
+        let d = tempfile::tempdir().unwrap();
+        let mut w = SpoolWriter::open(d.path(), 1 << 20, 1 << 30).unwrap();
+        let mut seq = 0;
+        assert_eq!(w.notice_due_in(), None, "nothing to report");
+        w.record_loss(loss(Stream::Stdout, 10, 1, 10));
+        w.record_loss(loss(Stream::Stderr, 2, 1, 2));
+        assert_eq!(w.notice_due_in(), Some(Duration::ZERO));
+        let n = w.take_loss_notices(&mut seq, false);
+        assert_eq!(cap_totals(&n), [10, 12]);
+        // Held by the once-a-second limit, and due within that second.
+        w.record_loss(loss(Stream::Stderr, 3, 3, 5));
+        assert!(w.take_loss_notices(&mut seq, false).is_empty());
+        assert!(w.notice_due_in().is_some_and(|d| d <= NOTICE_EVERY));
+        let n = w.take_loss_notices(&mut seq, true);
+        assert_eq!(cap_totals(&n), [15]);
+        assert_eq!(seq, 3);
+        // A loss reported again (its notice dropped) adds nothing.
+        w.requeue(loss(Stream::Stdout, 10, 1, 10));
+        w.record_loss(loss(Stream::Stderr, 1, 6, 6));
+        let n = w.take_loss_notices(&mut seq, true);
+        assert_eq!(cap_totals(&n), [15, 16]);
+        assert_eq!(w.notice_due_in(), None);
+    }
+
+    #[test]
+    fn records_dropped_at_the_cap_never_name_the_rate_limited_gaps() {
+        let d = tempfile::tempdir().unwrap();
+        let mut w = SpoolWriter::open(d.path(), 300, 700).unwrap();
+        let rec = |seq: u64| Record {
+            stream: Stream::Stdout,
+            flags: 0,
+            part: 0,
+            seq,
+            ts_micros: 0,
+            payload: vec![b'x'; 20],
+        };
+        // 6-8 and 12 were kept out by the rate limit (their own notice).
+        for seq in (1..=40).filter(|s| !(6..=8).contains(s) && *s != 12) {
+            w.append(&rec(seq));
+            w.flush();
+        }
+        let mut seq = 0;
+        let mut named = Vec::new();
+        for n in w.take_loss_notices(&mut seq, true) {
+            let l = notice::loss_of(&n.payload).expect("a loss");
+            assert_eq!(l.reason, LossReason::SpoolCap);
+            let count: u64 = l.seqs.iter().map(|r| r.1 - r.0 + 1).sum();
+            assert_eq!(count, l.records, "ranges {:?}", l.seqs);
+            named.extend(l.seqs);
+        }
+        assert_eq!(named.first().map(|r| r.0), Some(1), "{named:?}");
+        assert!(named.len() >= 3, "dropped past the gaps: {named:?}");
+        for gap in [6, 7, 8, 12] {
+            assert!(
+                !named.iter().any(|r| (r.0..=r.1).contains(&gap)),
+                "{gap} named: {named:?}"
+            );
+        }
     }
 }
