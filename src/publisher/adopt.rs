@@ -302,7 +302,7 @@ impl Publisher {
             c.may_have_data = true;
             let k = c.key.clone();
             let text = format!(
-                "mesos-gelf: the companion of container {k} (the process that writes its sandbox files and spool) died before the container's output ended; what it had spooled is shipped, anything the task wrote after that was lost, and the task got SIGPIPE (EPIPE) at its next write"
+                "mesos-gelf: the companion of container {k} (the process that writes its sandbox files and spool) died before the container's output ended; what it had spooled is shipped; lost without a notice naming them: the lines it held in memory and had not spooled yet, the losses of its last second it had not reported yet (e.g. rate-limited lines, which are in the sandbox files), and anything the task wrote after that; the task got SIGPIPE (EPIPE) at its next write"
             );
             self.health
                 .warn(&format!("{k}\0companion-died"), || text.clone());
