@@ -775,3 +775,69 @@ fn rate_limit_and_cap_losses_together_each_keep_their_reason_and_total() {
         );
     }
 }
+
+#[test]
+fn lines_named_before_a_publisher_restart_are_not_named_again_as_missing() {
+    // Rate-limited stderr lines (never spooled) are named by a notice that
+    // Kafka acknowledges; the cap then drops the segment holding that
+    // notice, and the publisher is killed. Its successor resumes after the
+    // checkpoint, sees the rate-limited `_seq`s as a gap, and must know
+    // from the stored account that they were named already.
+    let broker = Broker::start();
+    let d = tempfile::tempdir().unwrap();
+    let spool = d.path().join("spool");
+    let sbx = d.path().join("sbx");
+    let g = |i: u32| d.path().join(format!("go{i}"));
+    let wait = |i: u32| format!("while [ ! -e {} ]; do sleep 0.05; done", g(i).display());
+    let mut run = spawn_run(
+        &spool,
+        &sbx,
+        &broker.addr(),
+        "acct-named",
+        "c-named",
+        &[
+            "spool_max_size=64KB",
+            "rate_limit_lines=200",
+            "rate_limit_burst=1",
+        ],
+        &format!(
+            "seq 1 300 >&2; {}; seq 1 20000; {}; seq 301 310 >&2",
+            wait(1),
+            wait(2)
+        ),
+    );
+    // The rate-limit notice is acknowledged and stored with the account.
+    let ledger = spool.join("c-named/ledger");
+    let t0 = std::time::Instant::now();
+    let stored = loop {
+        let s = std::fs::read_to_string(&ledger).unwrap_or_default();
+        if s.contains(" named.stderr=") {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the rate-limit notice was never stored as named: {s:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(stored.starts_with("stdout=0 stderr=200 "), "{stored}");
+    broker.freeze();
+    std::fs::write(g(1), b"").unwrap();
+    wait_lines(&sbx.join("stdout"), 20_000);
+    // The notice's segment went at the cap (64 KB of 20,000 lines).
+    run.kill().unwrap();
+    run.wait().unwrap();
+    broker.thaw();
+    std::fs::write(g(2), b"").unwrap();
+    assert!(wait_for_file(
+        &spool.join("c-named/data/done"),
+        Duration::from_secs(60)
+    ));
+    let ran = publish_until_empty(&spool, &broker.addr());
+    ran.assert_code(0);
+    assert!(!ran.stderr().contains("missing"), "{}", ran.stderr());
+    let acc = consume_stream(&broker.addr(), "acct-named", "c-named", "stderr", 310);
+    acc.assert_exact(310);
+    assert_eq!(acc.lost("rate_limit"), 100, "201-300");
+    assert_eq!(acc.lost("missing"), 0);
+}

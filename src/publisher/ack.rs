@@ -219,11 +219,18 @@ impl Publisher {
             if c.acked != c.stored && (complete || due) {
                 if c.ledger_known {
                     // Before the checkpoint (see `Ledger::store`).
-                    let account = ledger::Account {
+                    let mut account = ledger::Account {
                         acked: c.acked_seqs,
                         trimmed: c.loss_trimmed,
                         notices_corrected: c.notices_corrected,
+                        named: c.ledger.named_after(c.acked_seqs),
                     };
+                    // Not what the publisher's own notices will name but
+                    // have not stored yet (a restart would forget them).
+                    for (i, s) in [Stream::Stdout, Stream::Stderr].into_iter().enumerate() {
+                        let unbuilt = ledger::Ranges::from_pairs(&c.notices.unbuilt_seqs(s));
+                        account.named[i] = account.named[i].minus(&unbuilt);
+                    }
                     let _ = ledger::Ledger::store(&c.dir, &account);
                 }
                 match c.reader.acknowledge(c.acked, self.config.spool_retain) {

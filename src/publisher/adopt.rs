@@ -216,7 +216,7 @@ impl Publisher {
         let (ledger, account, ledger_known) = if acked == crate::spool::Position::default() {
             (ledger::Ledger::new(true), Default::default(), true)
         } else if let Some(a) = stored {
-            (ledger::Ledger::resume(a.acked), a, true)
+            (ledger::Ledger::resume(&a), a, true)
         } else {
             (ledger::Ledger::new(false), Default::default(), false)
         };

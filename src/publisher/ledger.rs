@@ -104,13 +104,17 @@ impl Ranges {
         }
     }
 
-    /// This set without `other`.
+    /// This set without `other` (both sorted: one pass over each).
     pub fn minus(&self, other: &Ranges) -> Ranges {
         let mut out = Vec::new();
+        let mut j = 0;
         for &(a, b) in &self.0 {
+            while j < other.0.len() && other.0[j].1 < a {
+                j += 1;
+            }
             // u128: a range may end at u64::MAX.
             let mut lo = a as u128;
-            for &(c, d) in other.0.iter().filter(|r| r.1 >= a && r.0 <= b) {
+            for &(c, d) in other.0[j..].iter().take_while(|r| r.0 <= b) {
                 if c as u128 > lo {
                     out.push((lo as u64, c - 1));
                 }
@@ -126,6 +130,34 @@ impl Ranges {
     /// The part of this set also in `other`.
     pub fn and(&self, other: &Ranges) -> Ranges {
         self.minus(&self.minus(other))
+    }
+
+    /// `a-b,c,...` (empty for none).
+    pub fn to_text(&self) -> String {
+        let parts: Vec<String> = self
+            .0
+            .iter()
+            .map(|&(a, b)| {
+                if a == b {
+                    a.to_string()
+                } else {
+                    format!("{a}-{b}")
+                }
+            })
+            .collect();
+        parts.join(",")
+    }
+
+    /// Reads [`to_text`](Self::to_text); unreadable parts are skipped.
+    pub fn from_text(t: &str) -> Ranges {
+        let mut r = Ranges::default();
+        for p in t.split(',').filter(|p| !p.is_empty()) {
+            let (a, b) = p.split_once('-').unwrap_or((p, p));
+            if let (Ok(a), Ok(b)) = (a.parse(), b.parse()) {
+                r.insert(a, b);
+            }
+        }
+        r
     }
 }
 
@@ -327,7 +359,7 @@ pub struct Ledger {
     /// Companion notices already checked, by their `_seq`: read again
     /// after a retry, a notice is trimmed exactly as the first time.
     /// Pruned as notices are acknowledged.
-    checked: std::collections::BTreeMap<u64, Checked>,
+    checked: std::collections::BTreeMap<u64, (Option<usize>, Checked)>,
 }
 
 fn slot(s: Stream) -> Option<usize> {
@@ -342,11 +374,15 @@ fn slot(s: Stream) -> Option<usize> {
 /// acknowledged, and how far it had corrected the companion's running loss
 /// totals (records its notices named that had been shipped, by reason, and
 /// the last notice counted), so the totals stay right across a restart.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Account {
     pub acked: [u64; 2],
     pub trimmed: [u64; LossReason::ALL.len()],
     pub notices_corrected: u64,
+    /// Per stream, `_seq`s after `acked` that acknowledged notices named
+    /// (e.g. rate-limited lines, never spooled): a successor would take
+    /// them for a gap nobody explained and name them again as `missing`.
+    pub named: [Ranges; 2],
 }
 
 /// Where the ledger keeps, per container, the last `_seq` of each stream
@@ -370,14 +406,36 @@ impl Ledger {
 
     /// Resuming at a checkpoint at which `acked` (stdout, stderr) were the
     /// last `_seq`s acknowledged: everything up to them is accounted for.
-    pub fn resume(acked: [u64; 2]) -> Ledger {
+    pub fn resume(account: &Account) -> Ledger {
         let mut l = Ledger::default();
-        for (t, a) in l.streams.iter_mut().zip(acked) {
+        for ((t, a), named) in l.streams.iter_mut().zip(account.acked).zip(&account.named) {
             t.base = Some(1);
             t.next = a.saturating_add(1);
             t.resumed = t.next;
+            t.explained = named.clone();
         }
         l
+    }
+
+    /// For [`Account::named`]: what this publisher's notices named after
+    /// `acked`, without what companion notices not yet acknowledged named
+    /// (they are read again after a restart and must still name it).
+    pub fn named_after(&self, acked: [u64; 2]) -> [Ranges; 2] {
+        let mut out: [Ranges; 2] = Default::default();
+        for (i, t) in self.streams.iter().enumerate() {
+            let mut after = Ranges::default();
+            after.insert(acked[i].saturating_add(1), u64::MAX);
+            let mut named = t.explained.and(&after);
+            named.insert_all(&t.reported.and(&after));
+            let mut unacked = Ranges::default();
+            for (s, c) in self.checked.values() {
+                if *s == Some(i) {
+                    unacked.insert_all(&c.keep);
+                }
+            }
+            out[i] = named.minus(&unacked);
+        }
+        out
     }
 
     /// The stored account of a container directory, if any.
@@ -391,6 +449,11 @@ impl Ledger {
             let Some((k, v)) = kv.split_once('=') else {
                 continue;
             };
+            match k {
+                "named.stdout" => a.named[0] = Ranges::from_text(v),
+                "named.stderr" => a.named[1] = Ranges::from_text(v),
+                _ => {}
+            }
             let Ok(v) = v.parse() else { continue };
             if k == "notices_corrected" {
                 a.notices_corrected = v;
@@ -413,6 +476,11 @@ impl Ledger {
                 let _ = write!(text, " trimmed.{}={}", r.name(), a.trimmed[r as usize]);
             }
         }
+        for (name, named) in ["stdout", "stderr"].into_iter().zip(&a.named) {
+            if !named.is_empty() {
+                let _ = write!(text, " named.{name}={}", named.to_text());
+            }
+        }
         text.push('\n');
         crate::spool::write_atomic(dir, FILE, text.as_bytes())
     }
@@ -427,7 +495,7 @@ impl Ledger {
     /// A notice names `named` of `stream` as lost. `id`: the companion
     /// notice's `_seq`, so that reading it again gives the same answer.
     pub fn notice(&mut self, stream: Stream, named: &Ranges, id: Option<u64>) -> Checked {
-        if let Some(r) = id.and_then(|i| self.checked.get(&i)) {
+        if let Some((_, r)) = id.and_then(|i| self.checked.get(&i)) {
             return r.clone();
         }
         let r = match slot(stream) {
@@ -441,7 +509,7 @@ impl Ledger {
             if self.checked.len() >= 4 * MAX_RANGES {
                 self.checked.pop_first();
             }
-            self.checked.insert(i, r.clone());
+            self.checked.insert(i, (slot(stream), r.clone()));
         }
         r
     }
@@ -623,8 +691,8 @@ mod tests {
         };
         a.trimmed[LossReason::SpoolCap as usize] = 42;
         Ledger::store(d.path(), &a).unwrap();
-        assert_eq!(Ledger::load(d.path()), Some(a));
-        let mut l = Ledger::resume(a.acked);
+        assert_eq!(Ledger::load(d.path()), Some(a.clone()));
+        let mut l = Ledger::resume(&a);
         // Nothing more read; the companion ended at 1000 / 12.
         l.end([1000, 12], t0);
         assert_eq!(
@@ -654,6 +722,46 @@ mod tests {
             l.notice(Stream::Stdout, &r(&[(10, 20)]), None).keep,
             r(&[(10, 20)])
         );
+    }
+
+    #[test]
+    fn what_acknowledged_notices_named_after_the_checkpoint_survives_a_restart() {
+        let t0 = Instant::now();
+        let d = tempfile::tempdir().unwrap();
+        let mut l = Ledger::new(true);
+        for seq in 1..=200 {
+            l.read(Stream::Stderr, seq, t0);
+        }
+        // 201-300 rate-limited (never spooled): named by notice 7, which
+        // is acknowledged; notice 8 (310-320) is not yet.
+        assert_eq!(
+            l.notice(Stream::Stderr, &r(&[(201, 300)]), Some(7)).keep,
+            r(&[(201, 300)])
+        );
+        assert_eq!(
+            l.notice(Stream::Stderr, &r(&[(310, 320)]), Some(8)).keep,
+            r(&[(310, 320)])
+        );
+        l.notice_done(7);
+        let a = Account {
+            acked: [0, 200],
+            named: l.named_after([0, 200]),
+            ..Default::default()
+        };
+        assert_eq!(a.named[1], r(&[(201, 300)]));
+        Ledger::store(d.path(), &a).unwrap();
+        assert_eq!(Ledger::load(d.path()), Some(a.clone()));
+        // The successor reads 301-309, 321-330, then the end: 201-300 is
+        // no gap to report, and notice 8, read again, still names its own.
+        let mut l = Ledger::resume(&a);
+        for seq in (301..=309).chain(321..=330) {
+            l.read(Stream::Stderr, seq, t0);
+        }
+        let again = l.notice(Stream::Stderr, &r(&[(310, 320)]), Some(8));
+        assert_eq!(again.keep, r(&[(310, 320)]));
+        assert!(again.earlier.is_empty());
+        l.end([0, 330], t0);
+        assert!(l.due(t0, true, true).is_empty());
     }
 
     #[test]

@@ -113,6 +113,16 @@ impl Notices {
         self.persist();
     }
 
+    /// The `_seq` ranges of `stream` in losses not yet made into notices
+    /// (nor stored: a restart before then forgets them).
+    pub fn unbuilt_seqs(&self, stream: Stream) -> Vec<(u64, u64)> {
+        self.losses
+            .iter()
+            .filter(|l| l.stream == Some(stream))
+            .flat_map(|l| l.seqs.iter().copied())
+            .collect()
+    }
+
     /// Nothing left to report or to wait for.
     pub fn is_empty(&self) -> bool {
         self.pending.is_empty() && self.losses.is_empty()
