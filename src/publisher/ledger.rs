@@ -24,10 +24,12 @@
 //! Everything here is idempotent: records and notices read again after a
 //! retry (the reader seeks back to the last acknowledged record) change
 //! nothing and come out the same. The account at each checkpoint (the
-//! last `_seq` acknowledged per stream) is stored next to the spool
-//! ([`FILE`]), so a publisher that resumes (agent restart) knows what came
-//! before; gaps found but not yet reported when a publisher dies are found
-//! again only if they lie after the checkpoint. With the account go the
+//! last `_seq` acknowledged per stream, and the `_seq`s after it that
+//! acknowledged notices named) is stored next to the spool ([`FILE`]), so
+//! a publisher that resumes (agent restart) knows what came before and
+//! does not name those again; gaps found but not yet reported when a
+//! publisher dies are found again only if they lie after the checkpoint.
+//! With the account go the
 //! corrections made to the companion's running loss totals, so they stay
 //! right across restarts. A notice read after a restart that names
 //! `_seq`s before the stored account calls them `_earlier_seqs` (an
