@@ -26,12 +26,38 @@ pub fn shared(rel: &str) -> PathBuf {
     p
 }
 
+/// A port for a server a test starts (broker, master, agent), free now
+/// and below the kernel's ephemeral range: a port the kernel hands out as
+/// free (`bind(0)`) is in that range, and any client's outgoing connection
+/// may take it before the server binds it (stress run: "Failed to bind on
+/// 127.0.0.1:45875: Address already in use"). Successive calls step
+/// through the range from a random start, so tests running at once do not
+/// pick the same one.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let low: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let (from, to) = (10_000u32, low.max(20_000));
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+        ^ std::process::id().wrapping_mul(2_654_435_761);
+    let _ = NEXT.compare_exchange(
+        0,
+        seed % (to - from) + 1,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..(to - from) {
+        let p = (from + NEXT.fetch_add(1, Ordering::SeqCst) % (to - from)) as u16;
+        if TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
+    panic!("no free port in {from}..{to}");
 }
 
 /// Runs `mesos-gelf run [args] -- cmd...` and returns its output.
