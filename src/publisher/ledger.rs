@@ -82,22 +82,7 @@ impl Ranges {
         if a > b {
             return;
         }
-        let v = &mut self.0;
-        let i = v.partition_point(|r| r.1.saturating_add(1) < a);
-        let (mut lo, mut hi, mut j) = (a, b, i);
-        while j < v.len() && v[j].0 <= hi.saturating_add(1) {
-            lo = lo.min(v[j].0);
-            hi = hi.max(v[j].1);
-            j += 1;
-        }
-        v.splice(i..j, [(lo, hi)]);
-        if v.len() > MAX_RANGES {
-            let k = (0..v.len() - 1)
-                .min_by_key(|&k| v[k + 1].0 - v[k].1)
-                .expect("two ranges");
-            v[k].1 = v[k + 1].1;
-            v.remove(k + 1);
-        }
+        crate::spool::notice::add_range(&mut self.0, a, b, MAX_RANGES);
     }
 
     pub fn insert_all(&mut self, other: &Ranges) {
@@ -136,28 +121,14 @@ impl Ranges {
 
     /// `a-b,c,...` (empty for none).
     pub fn to_text(&self) -> String {
-        let parts: Vec<String> = self
-            .0
-            .iter()
-            .map(|&(a, b)| {
-                if a == b {
-                    a.to_string()
-                } else {
-                    format!("{a}-{b}")
-                }
-            })
-            .collect();
-        parts.join(",")
+        crate::spool::notice::seqs_text(&self.0)
     }
 
     /// Reads [`to_text`](Self::to_text); unreadable parts are skipped.
     pub fn from_text(t: &str) -> Ranges {
         let mut r = Ranges::default();
-        for p in t.split(',').filter(|p| !p.is_empty()) {
-            let (a, b) = p.split_once('-').unwrap_or((p, p));
-            if let (Ok(a), Ok(b)) = (a.parse(), b.parse()) {
-                r.insert(a, b);
-            }
+        for (a, b) in crate::spool::notice::parse_seqs_text(t) {
+            r.insert(a, b);
         }
         r
     }

@@ -96,19 +96,19 @@ pub struct Loss {
 pub const MAX_RANGES: usize = 256;
 
 /// Adds `a..=b` to sorted, disjoint, inclusive `seqs`, merging ranges that
-/// touch; past [`MAX_RANGES`] the closest two are merged.
-pub fn add_range(seqs: &mut Vec<(u64, u64)>, a: u64, b: u64) {
-    let i = seqs.partition_point(|r| r.1 + 1 < a);
-    let mut lo = a;
-    let mut hi = b;
-    let mut j = i;
+/// touch; past `max` ranges the closest two are merged (they then cover a
+/// few `_seq`s between them too). Shared by loss notices and the
+/// publisher's ledger.
+pub fn add_range(seqs: &mut Vec<(u64, u64)>, a: u64, b: u64, max: usize) {
+    let i = seqs.partition_point(|r| r.1.saturating_add(1) < a);
+    let (mut lo, mut hi, mut j) = (a, b, i);
     while j < seqs.len() && seqs[j].0 <= hi.saturating_add(1) {
         lo = lo.min(seqs[j].0);
         hi = hi.max(seqs[j].1);
         j += 1;
     }
     seqs.splice(i..j, [(lo, hi)]);
-    if seqs.len() > MAX_RANGES {
+    if seqs.len() > max {
         let k = (0..seqs.len() - 1)
             .min_by_key(|&k| seqs[k + 1].0 - seqs[k].1)
             .expect("two ranges");
@@ -120,23 +120,36 @@ pub fn add_range(seqs: &mut Vec<(u64, u64)>, a: u64, b: u64) {
 impl Loss {
     /// Adds the lost range `a..=b`, merging ranges that touch.
     pub fn add_range(&mut self, a: u64, b: u64) {
-        add_range(&mut self.seqs, a, b);
+        add_range(&mut self.seqs, a, b, MAX_RANGES);
     }
 
     /// The ranges as text: `5-124,300-310` (a GELF string field).
     pub fn ranges_text(&self) -> String {
-        self.seqs
-            .iter()
-            .map(|(a, b)| {
-                if a == b {
-                    a.to_string()
-                } else {
-                    format!("{a}-{b}")
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(",")
+        seqs_text(&self.seqs)
     }
+}
+
+/// Ranges as text: `5-124,300,310-320`.
+pub fn seqs_text(pairs: &[SeqRange]) -> String {
+    pairs
+        .iter()
+        .map(|(a, b)| {
+            if a == b {
+                a.to_string()
+            } else {
+                format!("{a}-{b}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Reads [`seqs_text`]; parts that are not numbers are skipped.
+pub fn parse_seqs_text(t: &str) -> impl Iterator<Item = SeqRange> + '_ {
+    t.split(',').filter_map(|p| {
+        let (a, b) = p.split_once('-').unwrap_or((p, p));
+        Some((a.parse().ok()?, b.parse().ok()?))
+    })
 }
 
 /// Builds the notice record for `loss` (notice sequence `seq`), with the
@@ -192,11 +205,8 @@ pub fn loss_of(payload: &[u8]) -> Option<Loss> {
     };
     match v.get("ranges").and_then(Value::as_str) {
         Some(r) => {
-            for p in r.split(',') {
-                let (a, b) = p.split_once('-').unwrap_or((p, p));
-                if let (Ok(a), Ok(b)) = (a.parse(), b.parse()) {
-                    l.add_range(a, b);
-                }
+            for (a, b) in parse_seqs_text(r) {
+                l.add_range(a, b);
             }
         }
         None => {

@@ -48,7 +48,7 @@ impl Span {
         self.bytes += bytes;
         match self.seqs.last_mut() {
             Some(r) if r.1.saturating_add(1) == seq => r.1 = seq,
-            _ => notice::add_range(&mut self.seqs, seq, seq),
+            _ => notice::add_range(&mut self.seqs, seq, seq, notice::MAX_RANGES),
         }
     }
 }
