@@ -48,15 +48,9 @@ fn ranges_of(v: &Value) -> Vec<(u64, u64)> {
     }
 }
 
-/// `a-b,c,d-e` as inclusive ranges.
+/// `a-b,c,d-e` as inclusive ranges (the notices' text form).
 fn parse_ranges(t: &str) -> Vec<(u64, u64)> {
-    t.split(',')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (a, b) = p.split_once('-').unwrap_or((p, p));
-            (a.parse().unwrap(), b.parse().unwrap())
-        })
-        .collect()
+    mesos_gelf_logger::spool::notice::parse_seqs_text(t).collect()
 }
 
 impl Account {
@@ -439,6 +433,23 @@ fn wait_lines(f: &Path, n: u64) {
     }
 }
 
+/// Waits (60 s at most) until the stored account in `ledger` (a
+/// container's `<spool>/<key>/ledger`) satisfies `ok`; returns its text.
+fn wait_ledger(ledger: &Path, what: &str, ok: impl Fn(&str) -> bool) -> String {
+    let t0 = std::time::Instant::now();
+    loop {
+        let s = std::fs::read_to_string(ledger).unwrap_or_default();
+        if ok(&s) {
+            return s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "{what}: the stored account is {s:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn a_publisher_restart_never_turns_shipped_lines_into_losses() {
     // The agent (here `run`) dies after its lines were delivered and
@@ -462,15 +473,9 @@ fn a_publisher_restart_never_turns_shipped_lines_into_losses() {
         ),
     );
     // Delivered and checkpointed: the stored account says so.
-    let ledger = spool.join("c-restart/ledger");
-    let t0 = std::time::Instant::now();
-    while !std::fs::read_to_string(&ledger)
-        .unwrap_or_default()
-        .starts_with("stdout=1000 stderr=10 ")
-    {
-        assert!(t0.elapsed() < Duration::from_secs(60), "never checkpointed");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_ledger(&spool.join("c-restart/ledger"), "never checkpointed", |s| {
+        s.starts_with("stdout=1000 stderr=10 ")
+    });
     assert!(wait_for_file(
         &spool.join("c-restart/data/checkpoint"),
         Duration::from_secs(30)
@@ -661,19 +666,11 @@ fn a_publisher_killed_between_two_rounds_of_losses_keeps_the_account_exact() {
         },
     );
     assert!(first.lost("spool_cap") > 0, "round one lost nothing");
-    let ledger = spool.join("c-kill/ledger");
-    let t0 = std::time::Instant::now();
-    while !std::fs::read_to_string(&ledger)
-        .unwrap_or_default()
-        .starts_with("stdout=30000 ")
-    {
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "round one never checkpointed: {:?}",
-            std::fs::read_to_string(&ledger)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_ledger(
+        &spool.join("c-kill/ledger"),
+        "round one never checkpointed",
+        |s| s.starts_with("stdout=30000 "),
+    );
     run.kill().unwrap();
     run.wait().unwrap();
     // Round two: no publisher; the companion drops at its cap alone.
@@ -807,19 +804,11 @@ fn lines_named_before_a_publisher_restart_are_not_named_again_as_missing() {
         ),
     );
     // The rate-limit notice is acknowledged and stored with the account.
-    let ledger = spool.join("c-named/ledger");
-    let t0 = std::time::Instant::now();
-    let stored = loop {
-        let s = std::fs::read_to_string(&ledger).unwrap_or_default();
-        if s.contains(" named.stderr=") {
-            break s;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "the rate-limit notice was never stored as named: {s:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let stored = wait_ledger(
+        &spool.join("c-named/ledger"),
+        "the rate-limit notice was never stored as named",
+        |s| s.contains(" named.stderr="),
+    );
     assert!(stored.starts_with("stdout=0 stderr=200 "), "{stored}");
     broker.freeze();
     std::fs::write(g(1), b"").unwrap();
