@@ -239,7 +239,7 @@ fn main() {
             .arg(&spool)
             .arg("--sandbox")
             .arg(&sandbox)
-            .args(["--stdout-fd", "0", "--stderr-fd=-1"]),
+            .args(["--stdout-fd", "0", "--stderr-fd", "-1"]),
         &u,
     );
     let lean_spool = r.join("spool1b/bench");
@@ -251,7 +251,7 @@ fn main() {
             .arg(&lean_spool)
             .arg("--sandbox")
             .arg(r.join("sbx1b"))
-            .args(["--stdout-fd", "0", "--stderr-fd=-1"]),
+            .args(["--stdout-fd", "0", "--stderr-fd", "-1"]),
         &u,
     );
     print_table(
@@ -275,7 +275,7 @@ fn main() {
             .arg(r.join("sbx-burst"))
             .arg("--spool")
             .arg(r.join("spool-burst/bench"))
-            .args(["--stdout-fd", "0", "--stderr-fd=-1"]),
+            .args(["--stdout-fd", "0", "--stderr-fd", "-1"]),
     );
     println!("under a burst of 200k short lines: lean companion RSS {:.1} MB, private dirty {:.2} MB (target < 1 MB); tee RSS {:.1} MB, private dirty {:.2} MB",
         lean_rss as f64 / 1024.0, lean_priv as f64 / 1024.0, tee_rss as f64 / 1024.0, tee_priv as f64 / 1024.0);

@@ -36,6 +36,8 @@ struct Account {
     /// The largest running total each reason reached in the companion's
     /// notices (`_lost_total_<reason>`).
     totals: BTreeMap<String, u64>,
+    /// Every `_seq` below this is accounted for ([`Account::complete`]).
+    next: u64,
 }
 
 fn ranges_of(v: &Value) -> Vec<(u64, u64)> {
@@ -62,6 +64,7 @@ impl Account {
         Account {
             id: id.to_string(),
             stream: stream.to_string(),
+            next: 1,
             ..Default::default()
         }
     }
@@ -110,8 +113,18 @@ impl Account {
         }
     }
 
-    fn complete(&self, n: u64) -> bool {
-        (1..=n).all(|s| self.arrived.contains(&s) || self.named.contains_key(&s))
+    /// Every `_seq` of 1..=n arrived or is named. Called after every
+    /// message: it resumes from the lowest `_seq` still unaccounted, so a
+    /// run costs O(n) in all (scanning from 1 each time was O(n) per
+    /// message: with 400,000 `_seq`s named early, minutes of CPU on a busy
+    /// machine, and the test timed out while nothing was missing).
+    fn complete(&mut self, n: u64) -> bool {
+        while self.next <= n
+            && (self.arrived.contains(&self.next) || self.named.contains_key(&self.next))
+        {
+            self.next += 1;
+        }
+        self.next > n
     }
 
     fn lost(&self, reason: &str) -> u64 {

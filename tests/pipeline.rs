@@ -98,10 +98,14 @@ fn a_million_lines_exactly_once_in_order_per_stream() {
 fn lean_companion_has_no_cxx_runtime_and_ships_a_burst_of_empty_lines() {
     let lean = bin().with_file_name("mesos-gelf-companion");
     let d = sandbox();
+    // Started by hand without --spool: sandbox files only, and nothing in
+    // its working directory (it once left a segment and `done` there).
+    let cwd = tempfile::tempdir().unwrap();
     let mut c = std::process::Command::new(&lean)
         .arg("--sandbox")
         .arg(d.path())
-        .args(["--stdout-fd", "0", "--stderr-fd=-1"])
+        .args(["--stdout-fd", "0", "--stderr-fd", "-1"])
+        .current_dir(cwd.path())
         .stdin(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -121,8 +125,17 @@ fn lean_companion_has_no_cxx_runtime_and_ships_a_burst_of_empty_lines() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     };
     assert!(!maps.contains("libstdc++"), "libstdc++ is mapped: {maps}");
-    drop(c.stdin.take());
+    std::io::Write::write_all(&mut c.stdin.take().unwrap(), b"by hand\n").unwrap();
     assert!(c.wait().unwrap().success());
+    assert_eq!(
+        std::fs::read(d.path().join("stdout")).unwrap(),
+        b"by hand\n"
+    );
+    let left: Vec<_> = std::fs::read_dir(cwd.path()).unwrap().collect();
+    assert!(
+        left.is_empty(),
+        "written into its working directory: {left:?}"
+    );
 
     let d = sandbox();
     let (msgs, out) = run_in(

@@ -199,6 +199,21 @@ pub fn run(args: &CompanionArgs) {
     };
     let (settings, mut meta_error) = match (&meta, &args.unspooled) {
         (Ok(m), _) => (m.settings.clone(), None),
+        // Started by hand with neither (`--sandbox` alone): the sandbox
+        // files only. There is no spool to write, and the working
+        // directory is not one (it once got segments and a `done`).
+        (Err(_), None) if args.spool.is_none() => {
+            eprintln!(
+                "mesos-gelf companion: no --spool given: sandbox files only, nothing shipped"
+            );
+            (
+                crate::config::ContainerSettings {
+                    disable: true,
+                    ..Default::default()
+                },
+                None,
+            )
+        }
         (Err(_), Some(u)) => (
             crate::config::ContainerSettings {
                 disable: true,
