@@ -16,7 +16,13 @@ fn main() {
     let (mut spool, mut unspooled, mut sandbox, mut cgroup_procs) = (None, None, None, None);
     let (mut stdout_fd, mut stderr_fd, mut lock_fd) = (3, 4, None);
     while let Some(a) = args.next() {
-        let mut val = || args.next().unwrap_or_default();
+        // `--name=value` as well as `--name value`, as clap takes them in
+        // `mesos-gelf companion` (a negative fd must be written `=-1`).
+        let (a, mut inline) = match a.split_once('=') {
+            Some((n, v)) if n.starts_with("--") => (n.to_string(), Some(v.to_string())),
+            _ => (a, None),
+        };
+        let mut val = || inline.take().or_else(|| args.next()).unwrap_or_default();
         match a.as_str() {
             "--spool" => spool = Some(PathBuf::from(val())),
             "--unspooled" => unspooled = Unspooled::from_arg(&val()).ok(),

@@ -104,7 +104,7 @@ fn lean_companion_has_no_cxx_runtime_and_ships_a_burst_of_empty_lines() {
     let mut c = std::process::Command::new(&lean)
         .arg("--sandbox")
         .arg(d.path())
-        .args(["--stdout-fd", "0", "--stderr-fd", "-1"])
+        .args(["--stdout-fd", "0", "--stderr-fd=-1"])
         .current_dir(cwd.path())
         .stdin(std::process::Stdio::piped())
         .spawn()
