@@ -39,7 +39,16 @@ pub struct Assembler {
     part: u32,
     joiner: Option<Joiner>,
     seq: u64,
+    /// Payload buffers handed back once their records were spooled
+    /// ([`recycle`](Self::recycle)): the next lines are read into them
+    /// instead of into a new allocation each.
+    spare: Vec<Vec<u8>>,
 }
+
+/// At most this many spare buffers of at most this capacity are kept per
+/// stream (bounds the memory they hold to 16 KiB).
+const SPARE_BUFFERS: usize = 32;
+const SPARE_CAPACITY: usize = 512;
 
 impl Assembler {
     pub fn new(
@@ -66,6 +75,15 @@ impl Assembler {
                 last: 0,
             }),
             seq: 0,
+            spare: Vec::new(),
+        }
+    }
+
+    /// Takes back a spooled record's payload buffer for a later line.
+    pub fn recycle(&mut self, mut buf: Vec<u8>) {
+        if self.spare.len() < SPARE_BUFFERS && buf.capacity() <= SPARE_CAPACITY {
+            buf.clear();
+            self.spare.push(buf);
         }
     }
 
@@ -172,7 +190,8 @@ impl Assembler {
             let n = self.partial.len();
             self.ship_part(n, 0, out);
         } else {
-            let line = std::mem::take(&mut self.partial);
+            let next = self.spare.pop().unwrap_or_default();
+            let line = std::mem::replace(&mut self.partial, next);
             let lts = self.partial_ts;
             self.line(line, lts, out);
         }

@@ -156,6 +156,7 @@ fn hand_over(
     records: &mut Vec<Record>,
     writer: Option<&mut SpoolWriter>,
     limit: &mut Option<rate::RateLimit>,
+    pool: &mut Assembler,
 ) {
     match writer {
         Some(w) => {
@@ -169,6 +170,7 @@ fn hand_over(
                             bytes: r.payload.len() as u64,
                             seqs: vec![(r.seq, r.seq)],
                         });
+                        pool.recycle(r.payload);
                         continue;
                     }
                 }
@@ -178,6 +180,7 @@ fn hand_over(
                     w.flush();
                 }
                 w.append(&r);
+                pool.recycle(r.payload);
             }
         }
         None => records.clear(),
@@ -373,7 +376,7 @@ pub fn run(args: &CompanionArgs) {
                     let ts = now_micros();
                     for piece in chunk.chunks(FEED_BYTES) {
                         i.asm.feed(piece, ts, &mut records);
-                        hand_over(&mut records, writer.as_mut(), &mut limit);
+                        hand_over(&mut records, writer.as_mut(), &mut limit, &mut i.asm);
                     }
                     if (n as usize) < buf.len() {
                         break;
@@ -401,7 +404,12 @@ pub fn run(args: &CompanionArgs) {
         for i in inputs.iter_mut() {
             i.asm.tick(now, &mut records);
         }
-        hand_over(&mut records, writer.as_mut(), &mut limit);
+        hand_over(
+            &mut records,
+            writer.as_mut(),
+            &mut limit,
+            &mut inputs[0].asm,
+        );
         if let Some(w) = writer.as_mut() {
             for (i, input) in inputs.iter().enumerate() {
                 let lost = input.sandbox.lost_bytes;

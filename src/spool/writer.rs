@@ -428,6 +428,15 @@ impl SpoolWriter {
     /// the cap. Segments the publisher already deleted (fully delivered)
     /// are forgotten without counting. The open segment is never dropped.
     fn make_room(&mut self, extra: u64) {
+        // What this writer wrote bounds what is on disk (the publisher only
+        // deletes): under the cap by that count, nothing needs a look at
+        // the directory. This runs before every write, and stat'ing every
+        // segment plus reading the checkpoint each time was most of the
+        // companion's system calls.
+        let written: u64 = self.segments.iter().map(|s| s.bytes).sum();
+        if written + extra <= self.cap {
+            return;
+        }
         self.segments
             .retain(|s| segment_path(&self.dir, s.index).exists());
         let open = usize::from(self.file.is_some());
