@@ -102,9 +102,18 @@ fn pipe_inode(fd: i32) -> Option<u64> {
     (unsafe { libc::fstat(fd, &mut st) } == 0).then_some(st.st_ino)
 }
 
+/// True once the container's companion has written its `done` marker:
+/// both pipes reached EOF, nobody holds a write end any more.
+fn companion_done(container_dir: &std::path::Path) -> bool {
+    mesos_gelf_logger::spool::data_dir(container_dir)
+        .join(mesos_gelf_logger::spool::DONE_FILE)
+        .exists()
+}
+
 /// Processes (other than us) holding a write end of one of these pipes.
 fn pipe_writers(inodes: &[u64]) -> Vec<(u32, String)> {
     let me = std::process::id();
+    let names: Vec<String> = inodes.iter().map(|i| format!("pipe:[{i}]")).collect();
     let mut out = Vec::new();
     let Ok(procs) = std::fs::read_dir("/proc") else {
         return out;
@@ -123,8 +132,7 @@ fn pipe_writers(inodes: &[u64]) -> Vec<(u32, String)> {
             let Ok(link) = std::fs::read_link(fd.path()) else {
                 return false;
             };
-            let l = link.to_string_lossy();
-            let is_ours = inodes.iter().any(|i| l == format!("pipe:[{i}]"));
+            let is_ours = names.iter().any(|n| link.as_os_str() == n.as_str());
             // The companion holds the read ends: only writers count.
             is_ours
                 && std::fs::read_to_string(p.path().join("fdinfo").join(fd.file_name()))
@@ -302,6 +310,7 @@ pub fn run(a: RunArgs) -> Result<i32, String> {
     let mut signal: Option<i32> = None;
     let mut deadline: Option<Instant> = None;
     let mut said_waiting = false;
+    let mut last_scan: Option<Instant> = None;
     let forward = |child: &Option<Child>, sig: i32| {
         if let Some(c) = child {
             // SAFETY: signalling our own child, which we have not reaped.
@@ -370,8 +379,15 @@ pub fn run(a: RunArgs) -> Result<i32, String> {
                 (None, None) => End::Delivered,
             };
         }
+        // Who holds the output open, looked for once a second (a scan of
+        // every process's fds) and only while the companion has not ended:
+        // once it has, the output is closed and only delivery is left.
         if let (Some(t), false, Some(_)) = (exited_at, said_waiting, &publisher) {
-            if t.elapsed() > Duration::from_secs(1) {
+            if t.elapsed() > Duration::from_secs(1)
+                && last_scan.is_none_or(|s| s.elapsed() >= Duration::from_secs(1))
+                && !companion_done(&prepared.spool)
+            {
+                last_scan = Some(Instant::now());
                 let writers = pipe_writers(&inodes);
                 if !writers.is_empty() {
                     said_waiting = true;
