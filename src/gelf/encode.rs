@@ -21,9 +21,7 @@ use crate::spool::record::{flags, Record, Stream};
 use std::borrow::Cow;
 use std::io::Write;
 
-fn push_str(out: &mut Vec<u8>, s: &str) {
-    serde_json::to_writer(&mut *out, s).expect("writing JSON to a Vec cannot fail");
-}
+use super::json::{push_i64, push_micros, push_str, push_u64};
 
 /// `,"name":"value"`, the value made safe for Graylog (never blank, at
 /// most 32,766 bytes).
@@ -416,34 +414,38 @@ impl Encoder {
             out.extend_from_slice(b",\"full_message\":");
             push_str(out, &visible_message(full));
         }
-        let secs = b.ts_micros.div_euclid(1_000_000);
-        let micros = b.ts_micros.rem_euclid(1_000_000);
-        let _ = write!(
-            out,
-            ",\"timestamp\":{secs}.{micros:06},\"level\":{},\"_stream\":\"{}\",\"_seq\":{}",
-            b.level,
-            rec.stream.name(),
-            rec.seq
-        );
+        out.extend_from_slice(b",\"timestamp\":");
+        push_i64(out, b.ts_micros.div_euclid(1_000_000));
+        out.push(b'.');
+        push_micros(out, b.ts_micros.rem_euclid(1_000_000) as u32);
+        out.extend_from_slice(b",\"level\":");
+        push_u64(out, u64::from(b.level));
+        out.extend_from_slice(b",\"_stream\":\"");
+        out.extend_from_slice(rec.stream.name().as_bytes());
+        out.extend_from_slice(b"\",\"_seq\":");
+        push_u64(out, rec.seq);
         if rec.part > 0 {
-            let _ = write!(
-                out,
-                ",\"_line_part\":{},\"_line_continues\":{}",
-                rec.part,
-                u8::from(rec.flags & flags::CONTINUES != 0)
-            );
+            out.extend_from_slice(b",\"_line_part\":");
+            push_u64(out, u64::from(rec.part));
+            out.extend_from_slice(if rec.flags & flags::CONTINUES != 0 {
+                b",\"_line_continues\":1"
+            } else {
+                b",\"_line_continues\":0"
+            });
         }
         if rec.flags & flags::UNTERMINATED != 0 {
             out.extend_from_slice(b",\"_unterminated\":1");
         }
         if let Some(n) = original {
-            let _ = write!(out, ",\"_truncated\":1,\"_original_bytes\":{n}");
+            out.extend_from_slice(b",\"_truncated\":1,\"_original_bytes\":");
+            push_u64(out, n as u64);
         }
         for (k, v) in &b.fields {
             push_value(out, &format!("_{k}"), v);
         }
         if b.cut > 0 {
-            let _ = write!(out, ",\"_parse_cut\":{}", b.cut);
+            out.extend_from_slice(b",\"_parse_cut\":");
+            push_u64(out, u64::from(b.cut));
         }
         out.extend_from_slice(&self.chosen);
         out.push(b'}');

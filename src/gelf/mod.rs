@@ -12,11 +12,13 @@
 //! - [`encode`]: the encoder (container fields serialised once, size
 //!   limits, the floor form);
 //! - [`parse`]: glog, JSON and logfmt lines to level, time and fields;
+//! - [`json`]: the string escaper and integer writer every record runs;
 //! - [`names`]: field names and values as Graylog keeps them (no blank
 //!   strings, no reserved or colliding names, no booleans, no value over
 //!   32,766 bytes).
 
 pub mod encode;
+pub mod json;
 pub mod names;
 pub mod parse;
 
