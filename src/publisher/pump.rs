@@ -201,9 +201,10 @@ impl Publisher {
                     self.in_flight_bytes += ticket.bytes;
                     self.in_flight_msgs += 1;
                     if self.stall_since.is_none() {
-                        self.stall_since = Some(Instant::now());
+                        self.stall_since = Some(now);
                     }
                     sent += 1;
+                    c.reader.recycle(rec.payload);
                 }
                 Err(SendError::Full) => {
                     c.held = Some((rec, pos));

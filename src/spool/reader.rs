@@ -2,7 +2,7 @@
 //! tell pending tails from torn ones, delete acknowledged segments.
 
 use super::checkpoint::{self, Position};
-use super::record::{decode_frame, Decoded, Record, HEADER_LEN};
+use super::record::{decode_frame, decode_frame_into, Decoded, Record, HEADER_LEN};
 use super::{list_segments, segment_path, DONE_FILE, MAGIC};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -35,7 +35,14 @@ pub struct SpoolReader {
     pub torn: u64,
     /// Segments that vanished before they were read (dropped at the cap).
     pub skipped_segments: u64,
+    /// A payload buffer handed back ([`recycle`](Self::recycle)) for the
+    /// next record.
+    spare: Vec<u8>,
 }
+
+/// Payload buffers up to this size are reused; larger ones (a long line's
+/// parts) are freed, so an idle container holds no more than this.
+const SPARE_KEPT: usize = 4096;
 
 impl SpoolReader {
     /// Opens at the stored checkpoint, or at the oldest segment. A corrupt
@@ -55,6 +62,7 @@ impl SpoolReader {
             pos,
             file: None,
             buf: Vec::new(),
+            spare: Vec::new(),
             start: 0,
             torn: 0,
             skipped_segments: 0,
@@ -172,6 +180,15 @@ impl SpoolReader {
         self.pos.offset += self.start as u64;
         self.start = 0;
         self.buf = Vec::new();
+        self.spare = Vec::new();
+    }
+
+    /// Hands back a record's payload buffer, to be filled by the next read
+    /// instead of a new allocation.
+    pub fn recycle(&mut self, payload: Vec<u8>) {
+        if payload.capacity() <= SPARE_KEPT && payload.capacity() > self.spare.capacity() {
+            self.spare = payload;
+        }
     }
 
     fn advance_segment(&mut self) {
@@ -238,7 +255,7 @@ impl SpoolReader {
                 }
                 self.start = MAGIC.len();
             }
-            match decode_frame(&self.buf[self.start..]) {
+            match decode_frame_into(&self.buf[self.start..], &mut self.spare) {
                 Decoded::Frame(rec, len) => {
                     self.start += len;
                     return Ok(Next::Record(rec, self.position()));

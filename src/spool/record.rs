@@ -105,6 +105,13 @@ pub enum Decoded {
 }
 
 pub fn decode_frame(buf: &[u8]) -> Decoded {
+    decode_frame_into(buf, &mut Vec::new())
+}
+
+/// [`decode_frame`], with the payload copied into `spare` (cleared first;
+/// taken only for a whole frame): a reader that hands back each record's
+/// buffer allocates none per record.
+pub fn decode_frame_into(buf: &[u8], spare: &mut Vec<u8>) -> Decoded {
     if buf.len() < HEADER_LEN {
         return Decoded::Short(HEADER_LEN);
     }
@@ -131,7 +138,11 @@ pub fn decode_frame(buf: &[u8]) -> Decoded {
             part: u32::from_le_bytes(body[4..8].try_into().unwrap()),
             seq: u64::from_le_bytes(body[8..16].try_into().unwrap()),
             ts_micros: i64::from_le_bytes(body[16..24].try_into().unwrap()),
-            payload: body[BODY_FIXED..].to_vec(),
+            payload: {
+                spare.clear();
+                spare.extend_from_slice(&body[BODY_FIXED..]);
+                std::mem::take(spare)
+            },
         },
         total,
     )
