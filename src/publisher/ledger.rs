@@ -455,7 +455,7 @@ impl Ledger {
             }
         }
         text.push('\n');
-        crate::spool::write_atomic(dir, FILE, text.as_bytes())
+        crate::spool::write_replace(dir, FILE, text.as_bytes())
     }
 
     /// A record was read.

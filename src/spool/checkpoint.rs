@@ -21,7 +21,7 @@ fn body(p: Position) -> String {
 pub fn store(dir: &Path, p: Position) -> std::io::Result<()> {
     let b = body(p);
     let line = format!("{b} {:08x}\n", crc32c::crc32c(b.as_bytes()));
-    super::write_atomic(dir, super::CHECKPOINT_FILE, line.as_bytes())
+    super::write_replace(dir, super::CHECKPOINT_FILE, line.as_bytes())
 }
 
 /// Loads the checkpoint. `Ok(None)` when there is none; `Err` with a
