@@ -5,14 +5,19 @@ use super::*;
 use crate::gelf::MIN_MESSAGE_BYTES;
 use crate::spool::notice::LossReason;
 use health::{Cause, STALL_AFTER};
+use latency::Latency;
 
-/// Marks one record of `c` delivered (or dropped) and advances the
-/// acknowledged position over every leading delivered record.
-fn mark_acked(c: &mut Container, index: u64) {
+/// Marks one record of `c` delivered (with the time it was acknowledged,
+/// for the latency figures) or dropped, and advances the acknowledged
+/// position over every leading delivered record.
+fn mark_acked(c: &mut Container, index: u64, delivered: Option<(&mut Latency, i64)>) {
     if let Some(front) = c.inflight.front() {
         let i = index.wrapping_sub(front.index) as usize;
         if let Some(e) = c.inflight.get_mut(i) {
             e.acked = true;
+            if let Some((l, now_us)) = delivered {
+                l.record((now_us - e.ts_micros).max(0) as u64);
+            }
         }
     }
     while c.inflight.front().is_some_and(|e| e.acked) {
@@ -67,9 +72,13 @@ impl Publisher {
                 Metrics::add(&self.metrics.bytes_published, d.ticket.bytes as u64);
                 c.failing = None;
                 c.backoff = RETRY_BACKOFF;
-                mark_acked(c, d.ticket.index);
+                mark_acked(
+                    c,
+                    d.ticket.index,
+                    Some((&mut self.latency, self.poll_now_us)),
+                );
                 self.health.delivered();
-                self.stall_since = (self.in_flight_msgs > 0).then(Instant::now);
+                self.acked_in_poll = true;
                 self.rebuild_after = super::REBUILD_STALLED_AFTER;
                 return;
             }
@@ -87,7 +96,7 @@ impl Publisher {
                 let loss = pump::too_large(e.stream, e.seq, e.payload_len);
                 c.notices.add_loss(loss);
             }
-            mark_acked(c, d.ticket.index);
+            mark_acked(c, d.ticket.index, None);
             return;
         }
         if cause == Cause::TooLarge {
@@ -120,6 +129,14 @@ impl Publisher {
             c.backoff
         };
         c.retry_at = Some(Instant::now() + wait);
+    }
+
+    /// After the deliveries of one poll: the stall clock restarts at the
+    /// last acknowledgement (one clock read per poll, not per record).
+    pub(super) fn after_deliveries(&mut self) {
+        if std::mem::take(&mut self.acked_in_poll) {
+            self.stall_since = (self.in_flight_msgs > 0).then(Instant::now);
+        }
     }
 
     pub(super) fn rebuild_sink(&mut self, why: &str) {

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 
 /// Names of the plain metrics (see README's metric table).
-const BASE_NAMES: [&str; 17] = [
+const BASE_NAMES: [&str; 20] = [
     "records_published",
     "bytes_published",
     "records_in_flight",
@@ -33,6 +33,9 @@ const BASE_NAMES: [&str; 17] = [
     "companions_died",
     "publisher_restarts",
     "containers_unspooled",
+    "delivery_latency_p50_us",
+    "delivery_latency_p99_us",
+    "delivery_latency_max_us",
 ];
 
 #[derive(Default)]
@@ -66,6 +69,10 @@ pub struct Metrics {
     /// Containers started without a spool (it could not be created):
     /// sandbox files only.
     pub containers_unspooled: AtomicU64,
+    /// Read -> acknowledged over the last metrics window (see `latency`).
+    pub latency_p50_us: AtomicU64,
+    pub latency_p99_us: AtomicU64,
+    pub latency_max_us: AtomicU64,
     pub spool_bytes_pending: AtomicU64,
     pub oldest_pending_age_ms: AtomicU64,
     /// 1 while deliveries succeed (see `health`), 0 otherwise.
@@ -104,6 +111,9 @@ impl Metrics {
             &self.companions_died,
             &self.publisher_restarts,
             &self.containers_unspooled,
+            &self.latency_p50_us,
+            &self.latency_p99_us,
+            &self.latency_max_us,
         ]
     }
 

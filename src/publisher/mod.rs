@@ -20,6 +20,7 @@ mod adopt;
 mod budget;
 pub mod health;
 pub mod kafka;
+pub mod latency;
 mod ledger;
 pub mod metrics;
 mod notices;
@@ -239,6 +240,13 @@ pub struct Publisher {
     in_flight_msgs: u64,
     /// Since when records have been in flight without any delivery.
     stall_since: Option<Instant>,
+    /// A delivery succeeded since the last [`Publisher::after_deliveries`].
+    acked_in_poll: bool,
+    /// Read -> acknowledged of the records delivered in this metrics window.
+    latency: latency::Latency,
+    /// The time the deliveries being handled arrived (one clock read per
+    /// poll), microseconds since the epoch as records' `ts_micros`.
+    poll_now_us: i64,
     /// How long a stall may last before the sink is rebuilt (doubles after
     /// each rebuild, back to [`REBUILD_STALLED_AFTER`] on a delivery).
     rebuild_after: Duration,
@@ -299,6 +307,9 @@ impl Publisher {
             in_flight_bytes: 0,
             in_flight_msgs: 0,
             stall_since: None,
+            acked_in_poll: false,
+            latency: Default::default(),
+            poll_now_us: 0,
             rebuild_after: REBUILD_STALLED_AFTER,
             closed: None,
             scratch: Vec::with_capacity(64 * 1024),
@@ -408,9 +419,13 @@ impl Publisher {
             // on the clock until its timeout (seen at ~10% of a core while
             // the broker was down). We wait on inotify below instead.
             self.sink.poll(Duration::ZERO, &mut deliveries);
+            if !deliveries.is_empty() {
+                self.poll_now_us = crate::spool::record::now_micros();
+            }
             for d in deliveries.drain(..) {
                 self.on_delivery(d);
             }
+            self.after_deliveries();
             self.metrics
                 .in_flight
                 .store(self.in_flight_msgs, Ordering::Relaxed);
@@ -444,9 +459,11 @@ impl Publisher {
         // Persist what was confirmed; the rest is sent again next time.
         let mut deliveries = Vec::new();
         self.sink.poll(Duration::from_millis(0), &mut deliveries);
+        self.poll_now_us = crate::spool::record::now_micros();
         for d in deliveries {
             self.on_delivery(d);
         }
+        self.after_deliveries();
         self.metrics
             .in_flight
             .store(self.in_flight_msgs, Ordering::Relaxed);
@@ -603,7 +620,18 @@ impl Publisher {
     /// `<spool_dir>/metrics.json`: the agent-wide numbers, and per
     /// container what an operator asks first (kept out of the agent's
     /// metrics, whose names must stay bounded).
-    fn write_metrics(&self) {
+    fn write_metrics(&mut self) {
+        // The latency figures cover the window since the last write.
+        let l = self.latency.take().unwrap_or_default();
+        self.metrics
+            .latency_p50_us
+            .store(l.p50_us, Ordering::Relaxed);
+        self.metrics
+            .latency_p99_us
+            .store(l.p99_us, Ordering::Relaxed);
+        self.metrics
+            .latency_max_us
+            .store(l.max_us, Ordering::Relaxed);
         let mut v = self.metrics.snapshot();
         let per: serde_json::Map<String, serde_json::Value> = self
             .containers
@@ -637,7 +665,7 @@ impl Publisher {
             })
             .collect();
         v["containers"] = serde_json::Value::Object(per);
-        let _ = crate::spool::write_atomic(
+        let _ = crate::spool::write_replace(
             &self.opts.spool_dir,
             "metrics.json",
             v.to_string().as_bytes(),
