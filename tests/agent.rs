@@ -701,6 +701,42 @@ fn metrics_snapshot_matches_kafka_and_reachability_follows_a_frozen_broker() {
     );
     assert_eq!(c.gauge("kafka_reachable"), 1.0);
     assert_eq!(c.gauge("publisher_active"), 1.0);
+    // Delivery latency, as the agent shows it: while a task writes for
+    // 5 s, the 200 ms windows report real figures (a window without
+    // deliveries reports 0).
+    let mut driver = c
+        .task(
+            &[],
+            "i=0; while [ $i -lt 50 ]; do i=$((i+1)); echo lat $i; sleep 0.1; done",
+        )
+        .spawn()
+        .unwrap();
+    // One snapshot gives the three of one window (each gauge is read on
+    // its own, so a window may rarely end between two of them: looked at
+    // again then).
+    let t0 = Instant::now();
+    let mut seen = Vec::new();
+    loop {
+        let m = c.metrics();
+        let f = |n: &str| {
+            m[format!("containerizer/logger/gelf/delivery_latency_{n}_us")]
+                .as_f64()
+                .unwrap_or_else(|| panic!("no metric delivery_latency_{n}_us"))
+        };
+        let (p50, p99, max) = (f("p50"), f("p99"), f("max"));
+        if max > 0.0 {
+            seen.push((p50, p99, max));
+            if 0.0 < p50 && p50 <= p99 && p99 <= max && max < 60e6 {
+                break;
+            }
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "no consistent delivery latency while the task wrote: {seen:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(wait_child(&mut driver, Duration::from_secs(120)).is_some_and(|s| s.success()));
     // Freeze the broker under a writing task: reachable falls to 0 (the
     // task is not slowed), and comes back once the broker does.
     broker.freeze();

@@ -441,6 +441,7 @@ fn bad_kafka_settings_give_a_clear_error_at_start() {
 
 #[test]
 fn metrics_file_reports_what_was_published() {
+    let t0 = std::time::Instant::now();
     let broker = Broker::start();
     let d = tempfile::tempdir().unwrap();
     let spool = d.path().join("spool");
@@ -455,6 +456,15 @@ fn metrics_file_reports_what_was_published() {
     assert_eq!(m["containers_finished"], 1);
     assert_eq!(m["records_in_flight"], 0);
     assert!(m["bytes_published"].as_u64().unwrap() > 100_000);
+    // The lines waited in the spool from their write until this publisher
+    // ran: every figure is above 0 and below the test's own age.
+    let lat = |q: &str| m[format!("delivery_latency_{q}_us")].as_u64().unwrap();
+    let (p50, p99, max) = (lat("p50"), lat("p99"), lat("max"));
+    let age = t0.elapsed().as_micros() as u64;
+    assert!(
+        0 < p50 && p50 <= p99 && p99 <= max && max <= age,
+        "latency p50 {p50} p99 {p99} max {max} us, test age {age} us"
+    );
 }
 
 #[test]
