@@ -630,18 +630,21 @@ pub fn consume_until_with(
 }
 
 /// Tracks which stdout `_seq`s of which containers arrived; complete once
-/// each expected container has all of 1..=n.
+/// each expected container has all of 1..=n. Called for every message:
+/// O(1) each (a count of the distinct wanted `_seq`s seen), never a scan.
 #[derive(Default)]
 pub struct SeqWatch {
     want: std::collections::BTreeMap<String, u64>,
     seen: std::collections::BTreeMap<String, std::collections::BTreeSet<u64>>,
+    /// Per container, how many distinct `_seq`s of 1..=want arrived.
+    have: std::collections::BTreeMap<String, u64>,
 }
 
 impl SeqWatch {
     pub fn new(want: &[(&str, u64)]) -> SeqWatch {
         SeqWatch {
             want: want.iter().map(|(c, n)| (c.to_string(), *n)).collect(),
-            seen: Default::default(),
+            ..Default::default()
         }
     }
     /// Adds a message; true once everything expected has arrived.
@@ -649,17 +652,19 @@ impl SeqWatch {
         let v = m.json();
         if v["_stream"] == "stdout" {
             if let (Some(c), Some(s)) = (v["_container_id"].as_str(), v["_seq"].as_u64()) {
-                self.seen.entry(c.to_string()).or_default().insert(s);
+                let new = self.seen.entry(c.to_string()).or_default().insert(s);
+                let wanted = self.want.get(c).is_some_and(|n| (1..=*n).contains(&s));
+                if new && wanted {
+                    *self.have.entry(c.to_string()).or_default() += 1;
+                }
             }
         }
         self.complete()
     }
     pub fn complete(&self) -> bool {
-        self.want.iter().all(|(c, n)| {
-            self.seen
-                .get(c)
-                .is_some_and(|s| s.len() as u64 >= *n && s.range(1..=*n).count() as u64 == *n)
-        })
+        self.want
+            .iter()
+            .all(|(c, n)| self.have.get(c).is_some_and(|h| h >= n))
     }
 }
 
