@@ -507,3 +507,75 @@ fn run_ends_when_its_companion_is_killed() {
         "run ended with the command's status"
     );
 }
+
+#[test]
+fn a_spool_filesystem_smaller_than_the_budget_drops_nothing_while_it_has_room() {
+    // helper-1: on a filesystem smaller than a tenth of
+    // spool_max_total_size (4 GB by default), the publisher kept that
+    // tenth free on top of spool_min_free, so during any outage it dropped
+    // every unread segment with room to spare ("16 MB in spools, 239 MB
+    // free"). A 64 MB filesystem now holds a 3 MB backlog whole.
+    let d = tempfile::tempdir().unwrap();
+    let fs = Tmpfs::mount(&d.path().join("fs"), 64 * 1024);
+    let spool = fs.0.join("spool");
+    let port = free_port();
+    let mut l = logger(&[
+        ("kafka.bootstrap.servers", &format!("127.0.0.1:{port}")),
+        ("spool_dir", spool.to_str().unwrap()),
+        ("topic", "roomy"),
+        ("spool_segment_size", "64KB"),
+        ("metrics_interval_ms", "100"),
+    ]);
+    l.initialize(None).unwrap();
+    let (mut out, err, sbx) = prepare(&l, d.path(), "c-roomy");
+    drop(err);
+    let n = 30_000u64;
+    for i in 1..=n {
+        writeln!(out, "{i} {}", "x".repeat(90)).unwrap();
+    }
+    let t0 = Instant::now();
+    while std::fs::read(sbx.join("stdout")).map_or(0, |b| b.len()) < (n as usize) * 90 {
+        assert!(t0.elapsed() < Duration::from_secs(60), "sandbox");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The budget is checked every 200 ms in the publisher's loop, which
+    // writes metrics.json every 100 ms here: five new metrics files after
+    // the spool holds everything are two checks at least.
+    let held = spool_usage(&spool);
+    assert!(held > 3 << 20, "the spool holds {held} bytes");
+    let metrics = spool.join("metrics.json");
+    let inode = || {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&metrics).map(|m| m.ino()).unwrap_or(0)
+    };
+    let mut seen = BTreeSet::new();
+    let t0 = Instant::now();
+    while seen.len() < 6 {
+        seen.insert(inode());
+        assert!(t0.elapsed() < Duration::from_secs(60), "metrics.json");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let m: Value = serde_json::from_slice(&std::fs::read(&metrics).unwrap()).unwrap();
+    assert_eq!(m["records_dropped/budget"], 0, "{m}");
+    assert_eq!(spool_usage(&spool), held, "segments were dropped");
+    // Kafka comes: everything arrives, and no notice names a loss.
+    let broker = Broker::start_on(port);
+    let mut w = SeqWatch::new(&[("c-roomy", n)]);
+    let mut notices = 0;
+    consume_until(
+        &broker.addr(),
+        "roomy",
+        Duration::from_secs(120),
+        Duration::from_secs(1),
+        |m| {
+            let v = m.json();
+            if v["_stream"] != "stdout" {
+                notices += 1;
+            }
+            w.add(m)
+        },
+    );
+    assert_eq!(notices, 0, "a loss was reported");
+    drop(out);
+    drop(l);
+}

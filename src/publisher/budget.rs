@@ -21,10 +21,14 @@ use crate::spool::writer::fs_space;
 
 /// How often sizes and free space are checked.
 pub const CHECK_EVERY: Duration = Duration::from_millis(200);
-/// Drops start at this share of `spool_max_total_size` (and as far above
-/// `spool_min_free`), so that what companions write between two checks
-/// fits in the rest: the budget holds unless they write more than a tenth
-/// of it in [`CHECK_EVERY`].
+/// Drops start at this share of the budget, so that what companions write
+/// between two checks fits in the rest: the budget holds unless they write
+/// more than a tenth of it in [`CHECK_EVERY`]. The budget is
+/// `spool_max_total_size`, or, when the filesystem has less room, what the
+/// spools hold plus the free space above `spool_min_free` (a spool on a
+/// 256 MB filesystem may use about 240 MB of it; the tenth of the 4 GB
+/// default used to be kept free on top of the floor, so such a filesystem
+/// dropped every unread segment at once).
 const START_AT: f64 = 0.9;
 /// ... and go on down to this share (fewer, larger passes).
 const DOWN_TO: f64 = 0.85;
@@ -41,14 +45,11 @@ impl Publisher {
             + retained.iter().filter(|r| r.3).map(|r| r.1).sum::<u64>();
         let (avail, fs_size) = fs_space(&self.opts.spool_dir).unwrap_or((u64::MAX, 0));
         let floor = self.config.defaults.spool_min_free.bytes(fs_size);
-        let max_total = self.config.spool_max_total_size as f64;
-        let headroom = (max_total * (1.0 - START_AT)) as u64;
-        if total as f64 <= max_total * START_AT && avail >= floor + headroom {
+        let budget = budget(self.config.spool_max_total_size, total, avail, floor);
+        if total as f64 <= budget * START_AT {
             return;
         }
-        let mut need = total
-            .saturating_sub((max_total * DOWN_TO) as u64)
-            .max((floor + 2 * headroom).saturating_sub(avail));
+        let mut need = total.saturating_sub((budget * DOWN_TO) as u64);
         // Data kept only for replay (`spool_retain`) goes first, oldest
         // first; it was delivered, so it is no loss.
         for (_, size, path, _) in retained {
@@ -192,6 +193,37 @@ impl Publisher {
         }
         out.sort();
         out
+    }
+}
+
+/// What the spools may hold: `max_total`, or less when the filesystem has
+/// less room (`total` held now, `avail` free, `floor` to keep free).
+fn budget(max_total: u64, total: u64, avail: u64, floor: u64) -> f64 {
+    max_total.min(total.saturating_add(avail.saturating_sub(floor))) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::budget;
+    const MB: u64 = 1 << 20;
+
+    #[test]
+    fn the_budget_is_the_room_there_is_up_to_the_maximum() {
+        // A 256 MB filesystem, 16 MB in spools, 239 MB free, 12.8 MB floor:
+        // about 242 MB, far from the 90% at which drops start.
+        let b = budget(4096 * MB, 16 * MB, 239 * MB, 13 * MB);
+        assert_eq!(b as u64, 242 * MB);
+        assert!(16.0 * MB as f64 <= b * super::START_AT);
+        // An empty spool on it has nothing to drop either.
+        assert!(budget(4096 * MB, 0, 255 * MB, 13 * MB) > 0.0);
+        // A large filesystem: the configured maximum.
+        assert_eq!(
+            budget(4096 * MB, MB, 100_000 * MB, 5000 * MB) as u64,
+            4096 * MB
+        );
+        // Others filled the disk to the floor: the spools keep what they
+        // hold and no more (drops from 90% of it).
+        assert_eq!(budget(4096 * MB, 100 * MB, 0, 5000 * MB) as u64, 100 * MB);
     }
 }
 
