@@ -843,3 +843,56 @@ fn lines_named_before_a_publisher_restart_are_not_named_again_as_missing() {
     assert_eq!(acc.lost("rate_limit"), 100, "201-300");
     assert_eq!(acc.lost("missing"), 0);
 }
+
+#[test]
+fn budget_notices_left_by_a_stopped_publisher_are_not_named_again_as_missing() {
+    // helper-1: `run` dropped segments for the budget while Kafka was
+    // unreachable; its `budget` notices waited in publisher-notices.json
+    // when it was stopped. The next publisher sent them, and also named
+    // the same 78,847 `_seq`s `missing` (its ledger did not know them).
+    let broker = Broker::start();
+    let d = tempfile::tempdir().unwrap();
+    let spool = d.path().join("spool");
+    let go = d.path().join("go");
+    let n = 100_000;
+    let mut run = spawn_run(
+        &spool,
+        &d.path().join("sbx"),
+        &format!("127.0.0.1:{}", free_port()),
+        "acct-pending",
+        "c-pending",
+        &["spool_max_total_size=3MB", "spool_segment_size=256KB"],
+        &format!(
+            "seq 1 {n}; while [ ! -e {} ]; do sleep 0.05; done",
+            go.display()
+        ),
+    );
+    // The budget dropped segments and the notice waits for Kafka.
+    let notices = spool.join("c-pending/publisher-notices.json");
+    let t0 = std::time::Instant::now();
+    while !std::fs::read_to_string(&notices).is_ok_and(|s| s.contains("budget")) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "no budget notice waiting in {}",
+            notices.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Stopped (a second signal: at once), the container ends meanwhile.
+    for _ in 0..2 {
+        unsafe { libc::kill(run.id() as i32, libc::SIGINT) };
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(wait_child(&mut run, Duration::from_secs(60)).is_some());
+    std::fs::write(&go, b"").unwrap();
+    assert!(wait_for_file(
+        &spool.join("c-pending/data/done"),
+        Duration::from_secs(60)
+    ));
+    let ran = publish_until_empty(&spool, &broker.addr());
+    ran.assert_code(0);
+    let acc = consume_account(&broker.addr(), "acct-pending", "c-pending", n);
+    acc.assert_exact(n);
+    assert!(acc.lost("budget") > 0, "the budget dropped nothing");
+    assert_eq!(acc.lost("missing"), 0, "{}", ran.stderr());
+}

@@ -241,6 +241,7 @@ impl Publisher {
                         trimmed: c.loss_trimmed,
                         notices_corrected: c.notices_corrected,
                         named: c.ledger.named_after(c.acked_seqs),
+                        open: c.ledger.open_gaps(c.acked_seqs),
                     };
                     // Not what the publisher's own notices will name but
                     // have not stored yet (a restart would forget them).

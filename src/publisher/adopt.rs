@@ -213,13 +213,21 @@ impl Publisher {
         // The ledger: from the start, or resumed with the account stored at
         // the last checkpoint (a spool of an older release has none).
         let stored = ledger::Ledger::load(&dir);
-        let (ledger, account, ledger_known) = if acked == crate::spool::Position::default() {
+        let (mut ledger, account, ledger_known) = if acked == crate::spool::Position::default() {
             (ledger::Ledger::new(true), Default::default(), true)
         } else if let Some(a) = stored {
             (ledger::Ledger::resume(&a), a, true)
         } else {
             (ledger::Ledger::new(false), Default::default(), false)
         };
+        // What a previous publisher's unacknowledged notices name is named
+        // (they are sent again from the file), not a gap to report.
+        let notices = notices::Notices::load(&dir);
+        for l in notices.pending_losses() {
+            if let Some(stream) = l.stream {
+                ledger.notice(stream, &ledger::Ranges::from_pairs(&l.seqs), None);
+            }
+        }
         let encoder = Encoder::new(&self.config, &meta.identity, &meta.settings);
         self.slots.insert(slot, key.to_string());
         self.containers.insert(
@@ -263,7 +271,7 @@ impl Publisher {
                 }),
                 identity: meta.identity,
                 settings: meta.settings,
-                notices: notices::Notices::load(&dir),
+                notices,
                 companion_gone: false,
                 refused: false,
                 last_read: Instant::now(),

@@ -27,9 +27,11 @@
 //! last `_seq` acknowledged per stream, and the `_seq`s after it that
 //! acknowledged notices named) is stored next to the spool ([`FILE`]), so
 //! a publisher that resumes (agent restart) knows what came before and
-//! does not name those again; gaps found but not yet reported when a
-//! publisher dies are found again only if they lie after the checkpoint.
-//! With the account go the
+//! does not name those again. Gaps found before the checkpoint and not
+//! yet explained go with the account too (`open`): the successor still
+//! waits for their notice and names them `missing` if none comes (they
+//! were lost silently before: a notice arriving after the restart called
+//! them `_earlier_seqs`). With the account go the
 //! corrections made to the companion's running loss totals, so they stay
 //! right across restarts. A notice read after a restart that names
 //! `_seq`s before the stored account calls them `_earlier_seqs` (an
@@ -222,6 +224,8 @@ impl Track {
         if self.resumed > 1 {
             before.insert(1, self.resumed - 1);
         }
+        // Gaps the earlier publisher left open are not accounted for.
+        let before = before.minus(&self.gaps);
         let prior = named.and(&before);
         let named = named.minus(&prior);
         let read = named.and(&self.read_ranges());
@@ -356,6 +360,9 @@ pub struct Account {
     /// (e.g. rate-limited lines, never spooled): a successor would take
     /// them for a gap nobody explained and name them again as `missing`.
     pub named: [Ranges; 2],
+    /// Per stream, gaps up to `acked` that no notice explained yet: the
+    /// successor waits for their notice, or names them `missing`.
+    pub open: [Ranges; 2],
 }
 
 /// Where the ledger keeps, per container, the last `_seq` of each stream
@@ -381,13 +388,31 @@ impl Ledger {
     /// last `_seq`s acknowledged: everything up to them is accounted for.
     pub fn resume(account: &Account) -> Ledger {
         let mut l = Ledger::default();
-        for ((t, a), named) in l.streams.iter_mut().zip(account.acked).zip(&account.named) {
+        let now = Instant::now();
+        for (i, t) in l.streams.iter_mut().enumerate() {
             t.base = Some(1);
-            t.next = a.saturating_add(1);
+            t.next = account.acked[i].saturating_add(1);
             t.resumed = t.next;
-            t.explained = named.clone();
+            t.explained = account.named[i].clone();
+            let open = account.open[i].minus(&t.explained);
+            for &(a, b) in open.pairs() {
+                t.waiting.push((a, b, now));
+            }
+            t.gaps = open;
         }
         l
+    }
+
+    /// For [`Account::open`]: gaps up to `acked` that no notice explained
+    /// and that were not reported yet.
+    pub fn open_gaps(&self, acked: [u64; 2]) -> [Ranges; 2] {
+        let mut out: [Ranges; 2] = Default::default();
+        for (i, t) in self.streams.iter().enumerate() {
+            let mut upto = Ranges::default();
+            upto.insert(1, acked[i]);
+            out[i] = t.gaps.and(&upto).minus(&t.explained).minus(&t.reported);
+        }
+        out
     }
 
     /// For [`Account::named`]: what this publisher's notices named after
@@ -425,6 +450,8 @@ impl Ledger {
             match k {
                 "named.stdout" => a.named[0] = Ranges::from_text(v),
                 "named.stderr" => a.named[1] = Ranges::from_text(v),
+                "open.stdout" => a.open[0] = Ranges::from_text(v),
+                "open.stderr" => a.open[1] = Ranges::from_text(v),
                 _ => {}
             }
             let Ok(v) = v.parse() else { continue };
@@ -452,6 +479,11 @@ impl Ledger {
         for (name, named) in ["stdout", "stderr"].into_iter().zip(&a.named) {
             if !named.is_empty() {
                 let _ = write!(text, " named.{name}={}", named.to_text());
+            }
+        }
+        for (name, open) in ["stdout", "stderr"].into_iter().zip(&a.open) {
+            if !open.is_empty() {
+                let _ = write!(text, " open.{name}={}", open.to_text());
             }
         }
         text.push('\n');
@@ -578,6 +610,50 @@ mod tests {
             vec![missing(Stream::Stdout, &[(11, 20)])]
         );
         assert!(l.due(later, true, true).is_empty(), "reported once");
+    }
+
+    #[test]
+    fn a_gap_open_at_the_checkpoint_is_still_named_after_a_restart() {
+        // helper-1: the cap dropped a segment the reader never saw (gap
+        // 11-20); the checkpoint passed it (acked 30) before the notice
+        // came, and the publisher was killed. Its successor must still
+        // name 11-20: with the notice's reason when it comes (not as
+        // `_earlier_seqs`), else as `missing`.
+        let t0 = Instant::now();
+        let mut l = Ledger::new(true);
+        for s in (1..=10).chain(21..=30) {
+            l.read(Stream::Stdout, s, t0);
+        }
+        let account = Account {
+            acked: [30, 0],
+            named: l.named_after([30, 0]),
+            open: l.open_gaps([30, 0]),
+            ..Default::default()
+        };
+        assert_eq!(account.open[0], r(&[(11, 20)]));
+        let d = tempfile::tempdir().unwrap();
+        Ledger::store(d.path(), &account).unwrap();
+        let back = Ledger::load(d.path()).unwrap();
+        assert_eq!(back, account);
+        // The notice arrives after the restart: 11-20 kept, 1-10 and
+        // 21-30 (before the account) are the earlier publisher's.
+        let mut next = Ledger::resume(&back);
+        let c = next.notice(Stream::Stdout, &r(&[(1, 30)]), Some(7));
+        assert_eq!(c.keep, r(&[(11, 20)]));
+        assert_eq!(c.earlier, r(&[(1, 10), (21, 30)]));
+        assert!(next.due(t0 + REPORT_ANYWAY, true, true).is_empty());
+        // No notice at all: reported missing once the successor waited.
+        let mut next = Ledger::resume(&back);
+        for s in 31..=40 {
+            next.read(Stream::Stdout, s, Instant::now());
+        }
+        assert!(next.due(Instant::now(), true, false).is_empty(), "waits");
+        assert_eq!(
+            next.due(Instant::now() + REPORT_AFTER, true, false),
+            vec![missing(Stream::Stdout, &[(11, 20)])]
+        );
+        // Explained or reported gaps are not left open.
+        assert!(next.open_gaps([40, 0])[0].is_empty());
     }
 
     #[test]

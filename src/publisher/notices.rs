@@ -123,6 +123,17 @@ impl Notices {
             .collect()
     }
 
+    /// The losses of the notices built but not yet acknowledged: the
+    /// successor of a publisher that stopped before Kafka took them sends
+    /// them, and its ledger must count their `_seq`s as named (or it names
+    /// them again as `missing`).
+    pub fn pending_losses(&self) -> Vec<Loss> {
+        self.pending
+            .iter()
+            .filter_map(|(_, p)| notice::loss_of(p))
+            .collect()
+    }
+
     /// Nothing left to report or to wait for.
     pub fn is_empty(&self) -> bool {
         self.pending.is_empty() && self.losses.is_empty()
