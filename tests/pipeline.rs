@@ -28,6 +28,33 @@ fn run_in(
 }
 
 #[test]
+fn runs_own_environment_carries_the_commands_overrides() {
+    // helper-1: `GELF_LOGGER_TOPIC=x mesos-gelf run ...` was ignored (and
+    // a bad value not warned about): the command inherits run's
+    // environment, so its overrides are the task's.
+    let d = sandbox();
+    let out = std::process::Command::new(bin())
+        .args(["run", "--sandbox"])
+        .arg(d.path())
+        .args(["--", "sh", "-c", "echo hi; echo oops >&2"])
+        .env("GELF_LOGGER_LEVEL_STDOUT", "2")
+        .env("GELF_LOGGER_TOPIC", "..")
+        .env("GELF_LOGGER", "no name")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let msgs = gelf_lines(&out.stdout);
+    msgs.iter().for_each(assert_gelf);
+    assert_eq!(by_stream(&msgs, "stdout")[0]["level"], 2, "{msgs:?}");
+    assert_eq!(by_stream(&msgs, "stderr")[0]["level"], 3);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("GELF_LOGGER_TOPIC") && err.contains(".."),
+        "the bad override is named: {err}"
+    );
+}
+
+#[test]
 fn one_line_each_stream_levels_and_sandbox_files() {
     let d = sandbox();
     let (msgs, out) = run_in(d.path(), &[], &["sh", "-c", "echo hi; echo oops >&2"]);

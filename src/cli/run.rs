@@ -221,7 +221,22 @@ pub fn run(a: RunArgs) -> Result<i32, String> {
         Some(f) => {
             std::fs::read_to_string(f).map_err(|e| format!("cannot read {}: {e}", f.display()))?
         }
-        None => serde_json::json!({ "directory": sandbox.display().to_string() }).to_string(),
+        // The command inherits our environment, so its per-task overrides
+        // (`GELF_LOGGER_TOPIC=...`, `env_prefix`) are ours, as a task's are
+        // in its ContainerConfig; nothing else of it is passed.
+        None => {
+            let variables: Vec<serde_json::Value> = std::env::vars()
+                .filter(|(k, _)| {
+                    k.starts_with(&config.env_prefix) && k.len() > config.env_prefix.len()
+                })
+                .map(|(k, v)| serde_json::json!({"name": k, "type": "VALUE", "value": v}))
+                .collect();
+            serde_json::json!({
+                "directory": sandbox.display().to_string(),
+                "command_info": {"environment": {"variables": variables}},
+            })
+            .to_string()
+        }
     };
     let container_id = a.container_id.unwrap_or_else(|| {
         let t = std::time::SystemTime::now()
