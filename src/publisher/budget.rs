@@ -202,31 +202,6 @@ fn budget(max_total: u64, total: u64, avail: u64, floor: u64) -> f64 {
     max_total.min(total.saturating_add(avail.saturating_sub(floor))) as f64
 }
 
-#[cfg(test)]
-mod tests {
-    use super::budget;
-    const MB: u64 = 1 << 20;
-
-    #[test]
-    fn the_budget_is_the_room_there_is_up_to_the_maximum() {
-        // A 256 MB filesystem, 16 MB in spools, 239 MB free, 12.8 MB floor:
-        // about 242 MB, far from the 90% at which drops start.
-        let b = budget(4096 * MB, 16 * MB, 239 * MB, 13 * MB);
-        assert_eq!(b as u64, 242 * MB);
-        assert!(16.0 * MB as f64 <= b * super::START_AT);
-        // An empty spool on it has nothing to drop either.
-        assert!(budget(4096 * MB, 0, 255 * MB, 13 * MB) > 0.0);
-        // A large filesystem: the configured maximum.
-        assert_eq!(
-            budget(4096 * MB, MB, 100_000 * MB, 5000 * MB) as u64,
-            4096 * MB
-        );
-        // Others filled the disk to the floor: the spools keep what they
-        // hold and no more (drops from 90% of it).
-        assert_eq!(budget(4096 * MB, 100 * MB, 0, 5000 * MB) as u64, 100 * MB);
-    }
-}
-
 /// Bytes of a container's segments on disk.
 fn spool_bytes(data: &Path) -> u64 {
     list_segments(data)
@@ -251,4 +226,29 @@ fn droppable(c: &Container) -> Option<u64> {
     let newest = *segs.last()?;
     segs.into_iter()
         .find(|&s| s > reading && !(live && s == newest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::budget;
+    const MB: u64 = 1 << 20;
+
+    #[test]
+    fn the_budget_is_the_room_there_is_up_to_the_maximum() {
+        // A 256 MB filesystem, 16 MB in spools, 239 MB free, 12.8 MB floor:
+        // about 242 MB, far from the 90% at which drops start.
+        let b = budget(4096 * MB, 16 * MB, 239 * MB, 13 * MB);
+        assert_eq!(b as u64, 242 * MB);
+        assert!(16.0 * MB as f64 <= b * super::START_AT);
+        // An empty spool on it has nothing to drop either.
+        assert!(budget(4096 * MB, 0, 255 * MB, 13 * MB) > 0.0);
+        // A large filesystem: the configured maximum.
+        assert_eq!(
+            budget(4096 * MB, MB, 100_000 * MB, 5000 * MB) as u64,
+            4096 * MB
+        );
+        // Others filled the disk to the floor: the spools keep what they
+        // hold and no more (drops from 90% of it).
+        assert_eq!(budget(4096 * MB, 100 * MB, 0, 5000 * MB) as u64, 100 * MB);
+    }
 }
