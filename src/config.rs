@@ -91,6 +91,16 @@ pub struct ContainerSettings {
     pub parse: Vec<crate::gelf::parse::Parser>,
 }
 
+/// A segment is at most this share of the agent-wide budget (and each
+/// companion keeps it so against the room on its filesystem): the budget
+/// and the free-space floor drop whole segments and never the two being
+/// read and written, and a segment the publisher still reads keeps its
+/// space after it is deleted. With 8 MB segments on a 16 MB filesystem a
+/// Kafka outage lost every line (helper-2).
+pub const SEGMENTS_PER_BUDGET: u64 = 16;
+/// ... but no smaller than this.
+pub const MIN_SEGMENT: u64 = 64 << 10;
+
 /// `spool_min_free`: an amount, or a share of the spool filesystem.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MinFree {
@@ -176,9 +186,9 @@ pub struct Config {
 pub const PARAMETERS: &[(&str, &str, &str)] = &[
     ("spool_dir", "/var/lib/mesos-gelf/spool (module); a temporary directory (run)", "Root of the on-disk spool: one directory per container."),
     ("spool_max_size", "256MB", "Per-container spool cap; past it the oldest unsent records are dropped (the newest always kept) and each drop reported with its _seq range."),
-    ("spool_segment_size", "8MB", "Size at which the companion starts a new spool segment (capped at spool_max_size/4)."),
+    ("spool_segment_size", "8MB", "Size at which the companion starts a new spool segment (capped at spool_max_size/4, and at a sixteenth of spool_max_total_size and of the spool filesystem's room above spool_min_free, 64KB at least)."),
     ("spool_max_total_size", "4GB", "Agent-wide cap on all spools; past it the publisher drops the oldest unsent data of the container that holds the most, and reports it."),
-    ("spool_min_free", "5%", "Free space kept on the spool filesystem (a size or a percentage); enforced like spool_max_total_size, and by each companion before it writes."),
+    ("spool_min_free", "5%", "Free space kept on the spool filesystem (a size or a percentage); enforced like spool_max_total_size, and by each companion before it writes; one not less than the filesystem is refused at start (logged in the agent)."),
     ("rate_limit_lines", "0 (off)", "Lines per second shipped per container; lines over it stay in the sandbox files, are not shipped, and are reported."),
     ("rate_limit_bytes", "0 (off)", "Bytes per second shipped per container, as rate_limit_lines."),
     ("rate_limit_burst", "10", "Seconds' worth of the rate limits a container may send at once (token bucket)."),

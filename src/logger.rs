@@ -161,6 +161,22 @@ impl Logger {
         }
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(&self.spool_dir, std::fs::Permissions::from_mode(0o700));
+        // A floor as large as the filesystem leaves no room for any spool.
+        if let Some((_, size)) = crate::spool::writer::fs_space(&self.spool_dir) {
+            let floor = self.config.defaults.spool_min_free.bytes(size);
+            if size > 0 && floor >= size {
+                let msg = format!(
+                    "parameter `spool_min_free`: {} MB is not less than the {} MB of the filesystem holding {}: nothing could be spooled, every line would be lost",
+                    floor >> 20,
+                    size >> 20,
+                    self.spool_dir.display()
+                );
+                if opts.is_some() {
+                    return Err(msg);
+                }
+                log::error(&msg);
+            }
+        }
         if self.publisher.is_none() {
             let mut opts = opts.unwrap_or_else(|| {
                 Options::agent(&self.spool_dir, Arc::new(AtomicBool::new(false)))
@@ -201,6 +217,13 @@ impl Logger {
             &parsed.all_labels,
         );
         warnings.extend(w);
+        // Segments are the budget's unit: it drops whole ones and never the
+        // two being read and written, so they stay small against it.
+        let mut settings = settings;
+        settings.spool_segment_size = settings.spool_segment_size.min(
+            (self.config.spool_max_total_size / crate::config::SEGMENTS_PER_BUDGET)
+                .max(crate::config::MIN_SEGMENT),
+        );
         let sandbox_dir = PathBuf::from(&identity.sandbox);
         if !sandbox_dir.is_dir() {
             return Err(format!(

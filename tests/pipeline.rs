@@ -55,6 +55,31 @@ fn runs_own_environment_carries_the_commands_overrides() {
 }
 
 #[test]
+fn a_free_space_floor_the_filesystem_cannot_give_is_refused_before_the_command_runs() {
+    // helper-2: spool_min_free=1GB on a 64 MB filesystem was accepted and
+    // every line lost, reported as a damaged segment.
+    let d = sandbox();
+    let fs = Tmpfs::mount(&d.path().join("fs"), 4096);
+    let marker = d.path().join("ran");
+    let out = std::process::Command::new(bin())
+        .args(["run", "--sandbox"])
+        .arg(d.path().join("sbx"))
+        .args([
+            "--set",
+            &format!("spool_dir={}", fs.0.join("spool").display()),
+        ])
+        .args(["--set", "spool_min_free=1GB"])
+        .args(["--", "touch"])
+        .arg(&marker)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("spool_min_free"), "{err}");
+    assert!(!marker.exists(), "the command ran");
+}
+
+#[test]
 fn one_line_each_stream_levels_and_sandbox_files() {
     let d = sandbox();
     let (msgs, out) = run_in(d.path(), &[], &["sh", "-c", "echo hi; echo oops >&2"]);

@@ -450,14 +450,39 @@ pub fn run(a: RunArgs) -> Result<i32, String> {
             &prepared.spool,
             mesos_gelf_logger::spool::record::now_micros(),
         );
+        // Lost lines are said too: "delivered" must not cover them.
+        let lost: u64 = st.losses.iter().map(|(_, n)| n).sum();
+        let lost = if lost > 0 {
+            let by: Vec<String> = st
+                .losses
+                .iter()
+                .map(|(r, n)| format!("{}={n}", r.name()))
+                .collect();
+            format!(
+                " ({lost} lines lost so far, each named by a notice: {})",
+                by.join(", ")
+            )
+        } else {
+            String::new()
+        };
         let what = if st.pending_records > 0 {
             format!(
-                "{} undelivered records of {container_id} remain",
+                "{} undelivered records of {container_id}{lost} remain",
                 st.pending_records
+            )
+        } else if st.pending_notices > 0 {
+            format!(
+                "no line of {container_id} waits{lost}, but {} of its loss notices wait to be delivered",
+                st.pending_notices
+            )
+        } else if st.companion == "running" {
+            format!(
+                "every line of {container_id} written so far was delivered or named lost{lost}, but its output is still open (companion {}); what it writes from now on goes",
+                st.companion
             )
         } else {
             format!(
-                "every line of {container_id} written so far was delivered, but its output is still open (companion {}); what it writes from now on goes",
+                "nothing of {container_id} waits{lost} (companion {}); what is left is",
                 st.companion
             )
         };

@@ -190,6 +190,20 @@ fn hand_over(
     }
 }
 
+/// The segment size: the container's, and at most a sixteenth of the room
+/// on the spool filesystem above `spool_min_free` (see
+/// [`crate::config::SEGMENTS_PER_BUDGET`]).
+fn segment_size(settings: &crate::config::ContainerSettings, data: &Path) -> u64 {
+    let s = settings.effective_segment_size();
+    match crate::spool::writer::fs_space(data) {
+        Some((_, size)) if size > 0 => {
+            let room = size.saturating_sub(settings.spool_min_free.bytes(size));
+            s.min((room / crate::config::SEGMENTS_PER_BUDGET).max(crate::config::MIN_SEGMENT))
+        }
+        _ => s,
+    }
+}
+
 /// Runs until both pipes reach EOF. Never returns an error: whatever fails
 /// downstream is counted and reported, and the pipes are drained regardless.
 pub fn run(args: &CompanionArgs) {
@@ -284,7 +298,7 @@ pub fn run(args: &CompanionArgs) {
     } else {
         SpoolWriter::open(
             &data,
-            settings.effective_segment_size(),
+            segment_size(&settings, &data),
             settings.spool_max_size,
         )
         .ok()

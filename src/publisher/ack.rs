@@ -244,7 +244,8 @@ impl Publisher {
                         open: c.ledger.open_gaps(c.acked_seqs),
                     };
                     // Not what the publisher's own notices will name but
-                    // have not stored yet (a restart would forget them).
+                    // have not built yet: they wait in publisher-notices.json,
+                    // and a successor takes them from there (`adopt`).
                     for (i, s) in [Stream::Stdout, Stream::Stderr].into_iter().enumerate() {
                         let unbuilt = ledger::Ranges::from_pairs(&c.notices.unbuilt_seqs(s));
                         account.named[i] = account.named[i].minus(&unbuilt);

@@ -6,7 +6,9 @@
 //!
 //! They are kept in `<spool_dir>/<key>/publisher-notices.json` (root's
 //! directory, out of the task's reach) until Kafka acknowledges them, so a
-//! publisher restart or a long outage does not lose them. Losses of one
+//! publisher restart or a long outage does not lose them; a loss is stored
+//! there as soon as it is recorded, before it becomes a notice (a publisher
+//! killed in between left its last budget drops to be named `missing`). Losses of one
 //! reason and stream merge (exact `_seq` ranges) and become at most one
 //! notice per second per container. They travel outside the container's
 //! in-order acknowledgement (a ticket with [`NOTICE_GENERATION`]): a
@@ -62,6 +64,11 @@ impl Notices {
                 }
             }
         }
+        if let Some(l) = v["losses"].as_array() {
+            for p in l.iter().filter_map(Value::as_str) {
+                n.losses.extend(notice::loss_of(p.as_bytes()));
+            }
+        }
         if let Some(t) = v["totals"].as_object() {
             for (k, v) in t {
                 if let (Some(r), Some(x)) = (LossReason::from_name(k), v.as_u64()) {
@@ -77,12 +84,18 @@ impl Notices {
             "seq": self.seq,
             "pending": self.pending.iter().map(|(s, p)| json!({
                 "seq": s, "payload": String::from_utf8_lossy(p)})).collect::<Vec<_>>(),
+            "losses": self.losses.iter().map(|l| String::from_utf8_lossy(
+                &notice::record(0, String::new(), Some(l), &[]).payload).into_owned())
+                .collect::<Vec<_>>(),
             "totals": LossReason::ALL.iter()
                 .map(|r| (r.name().to_string(), json!(self.totals[*r as usize])))
                 .collect::<serde_json::Map<_, _>>(),
         });
         let dir = self.file.parent().unwrap_or(Path::new("."));
-        let _ = crate::spool::write_atomic(dir, FILE, v.to_string().as_bytes());
+        // Replaced without fsync: safe across a crash of any process, as
+        // the checkpoint (see `spool`, "Durability"); it is rewritten for
+        // every loss recorded, which may be many a second.
+        let _ = crate::spool::write_replace(dir, FILE, v.to_string().as_bytes());
     }
 
     /// Records a loss; it is reported within a second (merged with others
@@ -103,6 +116,7 @@ impl Notices {
             }
             None => self.losses.push(loss),
         }
+        self.persist();
     }
 
     /// A notice without a loss range (e.g. the companion died).
@@ -131,6 +145,7 @@ impl Notices {
         self.pending
             .iter()
             .filter_map(|(_, p)| notice::loss_of(p))
+            .chain(self.losses.iter().cloned())
             .collect()
     }
 
@@ -251,5 +266,29 @@ mod tests {
         n.delivered(due[0].seq, true);
         assert!(n.is_empty());
         assert!(Notices::load(d.path()).due().is_empty());
+    }
+
+    #[test]
+    fn a_loss_is_stored_as_soon_as_it_is_recorded() {
+        // Killed before the loss became a notice, a publisher left it to
+        // be named `missing` by its successor (helper-2).
+        let d = tempfile::tempdir().unwrap();
+        let mut n = Notices::load(d.path());
+        let loss = Loss {
+            reason: LossReason::Budget,
+            stream: Some(Stream::Stdout),
+            records: 11,
+            bytes: 1100,
+            seqs: vec![(5, 10), (20, 24)],
+        };
+        n.add_loss(loss.clone());
+        let again = Notices::load(d.path());
+        assert_eq!(again.pending_losses(), vec![loss.clone()]);
+        assert_eq!(again.totals[LossReason::Budget as usize], 11);
+        // Built into a notice, it is stored as that, once.
+        n.due();
+        let again = Notices::load(d.path());
+        assert_eq!(again.pending_losses(), vec![loss]);
+        assert!(again.losses.is_empty());
     }
 }

@@ -25,6 +25,9 @@ pub struct Status {
     pub oldest_pending_ms: Option<u64>,
     /// Delivered data kept for replay.
     pub retained_bytes: u64,
+    /// The publisher's own notices (losses it recorded, a companion that
+    /// died) not yet delivered: `publisher-notices.json`.
+    pub pending_notices: u64,
     /// Losses by reason (the largest totals any notice or the publisher
     /// recorded for this container).
     pub losses: Vec<(LossReason, u64)>,
@@ -47,6 +50,7 @@ impl Status {
             "checkpoint": self.checkpoint.map(|p| format!("{}:{}", p.segment, p.offset)),
             "pending_records": self.pending_records,
             "pending_bytes": self.pending_bytes,
+            "pending_notices": self.pending_notices,
             "oldest_pending_ms": self.oldest_pending_ms,
             "retained_bytes": self.retained_bytes,
             "losses": self.losses.iter().map(|(r, n)| (r.name().to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
@@ -138,6 +142,8 @@ pub fn status(dir: &Path, now_us: i64) -> Status {
     // The publisher's own notices keep their totals.
     if let Ok(b) = std::fs::read(dir.join("publisher-notices.json")) {
         if let Ok(v) = serde_json::from_slice::<Value>(&b) {
+            let count = |k: &str| v[k].as_array().map_or(0, |a| a.len() as u64);
+            st.pending_notices = count("pending") + count("losses");
             if let Some(t) = v["totals"].as_object() {
                 for (k, n) in t {
                     if let (Some(r), Some(n)) = (LossReason::from_name(k), n.as_u64()) {
