@@ -240,6 +240,9 @@ pub struct Publisher {
     in_flight_msgs: u64,
     /// Since when records have been in flight without any delivery.
     stall_since: Option<Instant>,
+    /// The spools held more than [`budget::NEAR`] of the budget at the
+    /// last check: it is checked more often.
+    budget_near: bool,
     /// A delivery succeeded since the last [`Publisher::after_deliveries`].
     acked_in_poll: bool,
     /// Read -> acknowledged of the records delivered in this metrics window.
@@ -308,6 +311,7 @@ impl Publisher {
             in_flight_msgs: 0,
             stall_since: None,
             acked_in_poll: false,
+            budget_near: false,
             latency: Default::default(),
             poll_now_us: 0,
             rebuild_after: REBUILD_STALLED_AFTER,
@@ -409,7 +413,12 @@ impl Publisher {
             if let Some(f) = self.sink.fatal() {
                 self.rebuild_sink(&f);
             }
-            if last_budget.elapsed() >= budget::CHECK_EVERY {
+            let every = if self.budget_near {
+                budget::CHECK_NEAR
+            } else {
+                budget::CHECK_EVERY
+            };
+            if last_budget.elapsed() >= every {
                 last_budget = Instant::now();
                 self.enforce_budget();
             }
