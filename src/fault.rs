@@ -5,6 +5,13 @@
 //!
 //! Points: `prepare` (inside the bridge's prepare), `publisher` (the
 //! publisher loop, once per process: the supervisor must restart it).
+//!
+//! `GELF_FAULT_DELAY=<point>=<ms>[,...]` makes [`delay_ms`] return that
+//! delay, which the code at the point sleeps once, to widen a race as a
+//! descheduled thread would on a loaded machine. Points: `exit-check`
+//! (the publisher, before it first looks whether `run` may end),
+//! `companion-lock` (spawning a companion, after its lock file is made and
+//! before it is the spool's `companion.lock`).
 
 #[cfg(feature = "fault-injection")]
 pub fn hit(point: &str) {
@@ -25,3 +32,32 @@ pub fn hit(point: &str) {
 #[cfg(not(feature = "fault-injection"))]
 #[inline(always)]
 pub fn hit(_point: &str) {}
+
+/// The delay asked for at `point` by `GELF_FAULT_DELAY` (see above), the
+/// first time it is asked for; 0 after that, and without the feature.
+#[cfg(feature = "fault-injection")]
+pub fn delay_ms(point: &str) -> u64 {
+    use std::sync::Mutex;
+    static SEEN: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let Ok(v) = std::env::var("GELF_FAULT_DELAY") else {
+        return 0;
+    };
+    let Some(ms) = v.split(',').find_map(|p| {
+        let (name, ms) = p.trim().split_once('=')?;
+        (name == point).then(|| ms.parse::<u64>().ok())?
+    }) else {
+        return 0;
+    };
+    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    if seen.iter().any(|p| p == point) {
+        return 0;
+    }
+    seen.push(point.to_string());
+    ms
+}
+
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub fn delay_ms(_point: &str) -> u64 {
+    0
+}

@@ -371,23 +371,39 @@ impl Logger {
         // here before the second fork (so it is held before prepare()
         // returns) and kept on fd 5 for as long as the companion lives: the
         // publisher takes it only once the companion is gone (see
-        // `crate::spool::companion_alive`).
+        // `crate::spool::companion_alive`). The file is made and locked
+        // under a name of its own, then renamed into place: a publisher
+        // looking between the creation and the flock would have taken an
+        // unlocked `companion.lock` for a dead companion.
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let c_path = |p: std::path::PathBuf| {
+            std::ffi::CString::new(p.into_os_string().into_encoded_bytes())
+                .map_err(|e| format!("spool path: {e}"))
+        };
         let lock_path = match spool {
-            Some(s) => Some(
-                std::ffi::CString::new(
-                    crate::spool::data_dir(s)
-                        .join(crate::spool::COMPANION_LOCK)
-                        .into_os_string()
-                        .into_encoded_bytes(),
-                )
-                .map_err(|e| format!("spool path: {e}"))?,
-            ),
+            Some(s) => {
+                let data = crate::spool::data_dir(s);
+                let unique = format!(
+                    "{}.{}-{}",
+                    crate::spool::COMPANION_LOCK,
+                    std::process::id(),
+                    N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                );
+                Some((
+                    c_path(data.join(unique))?,
+                    c_path(data.join(crate::spool::COMPANION_LOCK))?,
+                ))
+            }
             None => None,
         };
         if lock_path.is_some() {
             cmd.args(["--lock-fd", "5"]);
         }
-        // SAFETY: only async-signal-safe calls (fcntl/dup2/close_range/signal/setsid/fork/_exit/open/flock) after fork.
+        let lock_pause = libc::timespec {
+            tv_sec: (crate::fault::delay_ms("companion-lock") / 1000) as libc::time_t,
+            tv_nsec: 0,
+        };
+        // SAFETY: only async-signal-safe calls (fcntl/dup2/close_range/signal/setsid/fork/_exit/open/flock/rename/unlink/nanosleep) after fork.
         unsafe {
             cmd.pre_exec(move || {
                 // Move the read ends to 3 and 4 without clobbering either.
@@ -417,17 +433,24 @@ impl Logger {
                 ] {
                     libc::signal(sig, libc::SIG_IGN);
                 }
-                if let Some(p) = &lock_path {
+                if let Some((tmp, path)) = &lock_path {
                     let l = libc::open(
-                        p.as_ptr(),
+                        tmp.as_ptr(),
                         libc::O_RDWR | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_NONBLOCK,
                         0o600,
                     );
-                    if l < 0
-                        || libc::flock(l, libc::LOCK_EX | libc::LOCK_NB) != 0
-                        || libc::dup2(l, 5) < 0
-                    {
-                        return Err(std::io::Error::last_os_error());
+                    if l < 0 || libc::flock(l, libc::LOCK_EX | libc::LOCK_NB) != 0 {
+                        let e = std::io::Error::last_os_error();
+                        libc::unlink(tmp.as_ptr());
+                        return Err(e);
+                    }
+                    if lock_pause.tv_sec > 0 {
+                        libc::nanosleep(&lock_pause, std::ptr::null_mut());
+                    }
+                    if libc::rename(tmp.as_ptr(), path.as_ptr()) != 0 || libc::dup2(l, 5) < 0 {
+                        let e = std::io::Error::last_os_error();
+                        libc::unlink(tmp.as_ptr());
+                        return Err(e);
                     }
                     if l != 5 {
                         libc::close(l);

@@ -420,11 +420,19 @@ fn spawn_run(
     for e in extra {
         c.args(["--set", e]);
     }
+    // run's own messages, next to the sandbox (never in a spool
+    // filesystem under test): see `run_said`.
+    let said = std::fs::File::create(sbx.with_extension("run-stderr")).unwrap();
     c.args(["--", "sh", "-c", script])
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(said)
         .spawn()
         .unwrap()
+}
+
+/// What `run` started by [`spawn_run`] with this sandbox wrote to stderr.
+fn run_said(sbx: &Path) -> String {
+    std::fs::read_to_string(sbx.with_extension("run-stderr")).unwrap_or_default()
 }
 
 fn lines_in(f: &Path) -> u64 {
@@ -587,7 +595,13 @@ fn budget_drops_during_a_freeze_never_name_lines_read_after_all() {
         &[],
         "echo warm",
     );
-    assert!(wait_child(&mut w, Duration::from_secs(60)).is_some_and(|s| s.success()));
+    let warm_end = wait_child(&mut w, Duration::from_secs(60));
+    // Shown with a failure below.
+    eprintln!(
+        "warm run ended {warm_end:?}, said: {}",
+        run_said(&d.path().join("sbx-warm"))
+    );
+    assert!(warm_end.is_some_and(|s| s.success()));
     consume_until(
         &broker.addr(),
         "acct-budget",

@@ -186,3 +186,77 @@ fn a_command_that_cannot_run_exits_like_a_shell_would() {
         );
     }
 }
+
+/// `run` on a loaded machine (stress run 4 of cf02e3e, 2026-12-02): its
+/// publisher thread, descheduled between reading the spool directory's
+/// events and looking whether it may end, found the flag `run` sets after
+/// prepare() and no container yet, and ended: `run` exited 0 with the
+/// command's line unshipped in the spool. `GELF_FAULT_DELAY` widens that
+/// gap the way the CPU hog did.
+#[cfg(feature = "fault-injection")]
+#[test]
+fn run_ships_the_line_even_when_its_publisher_is_slow_to_look() {
+    let d = tempfile::tempdir().unwrap();
+    let ran = run_bounded(
+        Command::new(bin())
+            .env("GELF_FAULT_DELAY", "exit-check=700")
+            .args(["run", "--sandbox"])
+            .arg(d.path().join("sbx"))
+            .args([
+                "--set",
+                &format!("spool_dir={}", d.path().join("spool").display()),
+            ])
+            .args(["--", "echo", "the-one-line"]),
+        Duration::from_secs(60),
+    );
+    ran.assert_code(0);
+    let shipped = gelf_lines(&ran.stdout);
+    assert!(
+        shipped.iter().any(|m| m["short_message"] == "the-one-line"),
+        "run exited 0 without shipping the line: stdout {:?}, stderr {}",
+        String::from_utf8_lossy(&ran.stdout),
+        ran.stderr()
+    );
+}
+
+/// A companion is "dead" once its lock can be taken. Its lock file used to
+/// be created and then locked, two steps: a publisher looking in between
+/// (every 2 s, for every container) took it for a dead companion, marked
+/// its spool done and named the task's lines lost. Now the lock is held
+/// before the file has its name. `GELF_FAULT_DELAY` holds the spawn
+/// between the two steps for 5 s.
+#[cfg(feature = "fault-injection")]
+#[test]
+fn a_companion_being_started_is_never_taken_for_a_dead_one() {
+    let d = tempfile::tempdir().unwrap();
+    let ran = run_bounded(
+        Command::new(bin())
+            .env("GELF_FAULT_DELAY", "companion-lock=5000")
+            .args(["run", "--sandbox"])
+            .arg(d.path().join("sbx"))
+            .args([
+                "--set",
+                &format!("spool_dir={}", d.path().join("spool").display()),
+            ])
+            .args([
+                "--",
+                "sh",
+                "-c",
+                "for i in 1 2 3; do echo line-$i; sleep 0.5; done",
+            ]),
+        Duration::from_secs(60),
+    );
+    ran.assert_code(0);
+    assert!(!ran.stderr().contains("died"), "{}", ran.stderr());
+    let shipped: Vec<String> = gelf_lines(&ran.stdout)
+        .iter()
+        .filter_map(|m| m["short_message"].as_str().map(str::to_string))
+        .collect();
+    for i in 1..=3 {
+        assert!(
+            shipped.contains(&format!("line-{i}")),
+            "line-{i} not shipped: {shipped:?}; stderr {}",
+            ran.stderr()
+        );
+    }
+}

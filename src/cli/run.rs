@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 /// After a signal, how long `run` keeps delivering once the command ended.
 pub const GRACE: Duration = Duration::from_secs(5);
 /// Exit status when lines remain undelivered for a reason other than a
-/// signal (Kafka gave a permanent error).
+/// signal (Kafka gave a permanent error, or records were left in the spool).
 pub const EXIT_UNDELIVERED: i32 = 3;
 /// Exit status when standard output was closed (128 + SIGPIPE).
 pub const EXIT_STDOUT_CLOSED: i32 = 141;
@@ -434,6 +434,9 @@ pub fn run(a: RunArgs) -> Result<i32, String> {
         );
     }
     let remaining = prepared.spool.exists();
+    // Records still waiting: never exit 0 (the command's status) for them,
+    // whatever ended the wait.
+    let mut undelivered = false;
     if remaining {
         if let Some(t) = tmp.take() {
             let _ = t.keep();
@@ -465,6 +468,7 @@ pub fn run(a: RunArgs) -> Result<i32, String> {
         } else {
             String::new()
         };
+        undelivered = st.pending_records > 0;
         let what = if st.pending_records > 0 {
             format!(
                 "{} undelivered records of {container_id}{lost} remain",
@@ -494,6 +498,7 @@ pub fn run(a: RunArgs) -> Result<i32, String> {
         );
     }
     Ok(match end {
+        End::Delivered if undelivered => EXIT_UNDELIVERED,
         End::Delivered => code.unwrap_or(0),
         End::Interrupted(sig) if remaining => 128 + sig,
         End::Interrupted(sig) => code.unwrap_or(128 + sig),

@@ -440,7 +440,18 @@ impl Publisher {
                 .store(self.in_flight_msgs, Ordering::Relaxed);
             self.check_errors();
             self.store_and_finish();
-            if self.opts.exit_when_empty.load(Ordering::Relaxed) {
+            let pause = crate::fault::delay_ms("exit-check");
+            if pause > 0 {
+                std::thread::sleep(Duration::from_millis(pause));
+            }
+            if self.opts.exit_when_empty.load(Ordering::Acquire) {
+                // The flag may have been set after this pass read the
+                // directory's events (`run` sets it right after prepare()
+                // put the container in place): look at the directory itself
+                // before ending, or a line could be left in the spool.
+                if self.containers.is_empty() && !self.unready_with_data() {
+                    self.scan_root();
+                }
                 if self.containers.is_empty() && !self.unready_with_data() {
                     break;
                 }
@@ -809,7 +820,7 @@ impl Handle {
 
     /// From now on the thread returns once the spool is empty.
     pub fn finish_when_empty(&self) {
-        self.exit_when_empty.store(true, Ordering::Relaxed);
+        self.exit_when_empty.store(true, Ordering::Release);
     }
 
     /// True once the thread has returned.

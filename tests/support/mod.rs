@@ -586,15 +586,23 @@ pub fn consume_until_with(
     }
     let consumer: BaseConsumer = cc.create().expect("consumer");
     let t0 = Instant::now();
+    // What the last metadata request answered, for the panic message.
+    let mut last;
     let partitions = loop {
-        if let Ok(md) = consumer.fetch_metadata(Some(topic), Duration::from_secs(5)) {
-            if let Some(t) = md.topics().first() {
-                if !t.partitions().is_empty() {
+        match consumer.fetch_metadata(Some(topic), Duration::from_secs(5)) {
+            Ok(md) => match md.topics().first() {
+                Some(t) if !t.partitions().is_empty() => {
                     break t.partitions().iter().map(|p| p.id()).collect::<Vec<_>>();
                 }
-            }
+                Some(t) => last = format!("topic listed without partitions ({:?})", t.error()),
+                None => last = "topic not listed".into(),
+            },
+            Err(e) => last = format!("metadata request failed: {e}"),
         }
-        assert!(t0.elapsed() < timeout, "topic {topic} never appeared");
+        assert!(
+            t0.elapsed() < timeout,
+            "topic {topic} never appeared within {timeout:?} (last: {last})"
+        );
         std::thread::sleep(Duration::from_millis(200));
     };
     let mut tpl = TopicPartitionList::new();
