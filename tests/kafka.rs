@@ -83,8 +83,17 @@ fn assert_complete(seqs: &[u64], n: u64) -> usize {
     seqs.len() - n as usize
 }
 
+/// Milliseconds since the epoch, as Kafka timestamps count.
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
 #[test]
 fn two_containers_a_million_lines_exactly_once_in_order() {
+    let start_ms = wall_ms();
     let broker = Broker::start();
     let d = tempfile::tempdir().unwrap();
     let (a, b) = (d.path().join("a"), d.path().join("b"));
@@ -92,7 +101,20 @@ fn two_containers_a_million_lines_exactly_once_in_order() {
     let rb = spawn_run(&broker.addr(), "e2e", "container-b", &b, "seq 1 500000");
     wait_ok(ra, Duration::from_secs(300));
     wait_ok(rb, Duration::from_secs(300));
+    let end_ms = wall_ms();
     let msgs = consume(&broker.addr(), "e2e", 1_000_000, Duration::from_secs(300));
+    // The Kafka timestamp is the time of sending (the publisher reads the
+    // clock once per batch for librdkafka): within the runs, never 0.
+    let outside: Vec<_> = msgs
+        .iter()
+        .filter(|m| !m.timestamp_ms.is_some_and(|t| start_ms <= t && t <= end_ms))
+        .take(3)
+        .map(|m| m.timestamp_ms)
+        .collect();
+    assert!(
+        outside.is_empty(),
+        "Kafka timestamps outside [{start_ms}, {end_ms}]: {outside:?}"
+    );
     let by = seqs_by_container(&msgs);
     assert_eq!(by.len(), 2);
     for (cid, seqs) in &by {

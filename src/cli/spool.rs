@@ -386,7 +386,7 @@ fn replay(
         };
         let t0 = Instant::now();
         loop {
-            match sink.send(topic, &key, &buf, ticket) {
+            match sink.send(topic, &key, &buf, now_micros() / 1000, ticket) {
                 Ok(()) => break,
                 Err(mesos_gelf_logger::publisher::sink::SendError::Full) => {
                     drain(

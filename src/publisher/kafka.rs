@@ -251,6 +251,7 @@ impl Sink for KafkaSink {
         topic: &str,
         key: &[u8],
         payload: &[u8],
+        timestamp_ms: i64,
         ticket: Ticket,
     ) -> Result<(), SendError> {
         let rkt = self.topic(topic)?;
@@ -275,6 +276,8 @@ impl Sink for KafkaSink {
                 rdsys::rd_kafka_vtype_t::RD_KAFKA_VTYPE_KEY,
                 key.as_ptr() as *const c_void,
                 key.len(),
+                rdsys::rd_kafka_vtype_t::RD_KAFKA_VTYPE_TIMESTAMP,
+                timestamp_ms,
                 rdsys::rd_kafka_vtype_t::RD_KAFKA_VTYPE_OPAQUE,
                 slot as *mut c_void,
                 rdsys::rd_kafka_vtype_t::RD_KAFKA_VTYPE_END,

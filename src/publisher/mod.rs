@@ -521,6 +521,7 @@ impl Publisher {
                 &o.settings.topic,
                 o.identity.container_id.as_bytes(),
                 &self.scratch,
+                crate::spool::record::now_micros() / 1000,
                 ticket,
             ) {
                 Ok(()) => {

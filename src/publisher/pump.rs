@@ -34,6 +34,8 @@ impl Publisher {
     /// Sends up to BATCH records of one container. Err(Full) stops the round.
     pub(super) fn pump(&mut self, key: &str) -> Result<usize, SendError> {
         let now = Instant::now();
+        // The Kafka timestamp of this batch (see `Sink::send`).
+        let now_ms = crate::spool::record::now_micros() / 1000;
         let stop = self.opts.stop.clone();
         let c = self.containers.get_mut(key).expect("container");
         if c.retry_at.is_some_and(|t| now < t) {
@@ -77,7 +79,10 @@ impl Publisher {
                 pos: Position::default(),
                 bytes: self.scratch.len(),
             };
-            match self.sink.send(&c.topic, &c.msg_key, &self.scratch, ticket) {
+            match self
+                .sink
+                .send(&c.topic, &c.msg_key, &self.scratch, now_ms, ticket)
+            {
                 Ok(()) => {
                     self.in_flight_bytes += ticket.bytes;
                     self.in_flight_msgs += 1;
@@ -184,7 +189,10 @@ impl Publisher {
                 pos,
                 bytes: self.scratch.len(),
             };
-            match self.sink.send(&c.topic, &c.msg_key, &self.scratch, ticket) {
+            match self
+                .sink
+                .send(&c.topic, &c.msg_key, &self.scratch, now_ms, ticket)
+            {
                 Ok(()) => {
                     c.next_index += 1;
                     c.inflight.push_back(InFlight {

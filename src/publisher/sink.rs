@@ -48,11 +48,16 @@ pub enum SendError {
 
 /// A destination for GELF messages.
 pub trait Sink: Send {
+    /// Hands one message over. `timestamp_ms` is its Kafka timestamp (ms
+    /// since the epoch): the publisher reads the clock once per batch and
+    /// passes it, instead of librdkafka reading it for every message (2-3%
+    /// of the pipeline's CPU in a profile at full speed).
     fn send(
         &mut self,
         topic: &str,
         key: &[u8],
         payload: &[u8],
+        timestamp_ms: i64,
         ticket: Ticket,
     ) -> Result<(), SendError>;
     /// Collects finished deliveries, waiting up to `timeout` for one.
@@ -89,6 +94,7 @@ impl<W: Write + Send> Sink for LineSink<W> {
         _topic: &str,
         _key: &[u8],
         payload: &[u8],
+        _timestamp_ms: i64,
         ticket: Ticket,
     ) -> Result<(), SendError> {
         if self.pending.len() >= 4096 {

@@ -297,6 +297,8 @@ pub struct Consumed {
     pub offset: i64,
     pub key: Vec<u8>,
     pub payload: Vec<u8>,
+    /// The Kafka timestamp (CreateTime, ms since the epoch), if any.
+    pub timestamp_ms: Option<i64>,
 }
 
 impl Consumed {
@@ -339,6 +341,7 @@ pub fn consume(addr: &str, topic: &str, want: usize, timeout: Duration) -> Vec<C
                 offset: m.offset,
                 key: m.key.clone(),
                 payload: m.payload.clone(),
+                timestamp_ms: m.timestamp_ms,
             });
             done(m)
         })
@@ -628,6 +631,7 @@ pub fn consume_until_with(
                 offset: m.offset(),
                 key: m.key().unwrap_or_default().to_vec(),
                 payload: m.payload().unwrap_or_default().to_vec(),
+                timestamp_ms: m.timestamp().to_millis(),
             };
             if done(&c) && finished.is_none() {
                 finished = Some(Instant::now());
