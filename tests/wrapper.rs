@@ -161,6 +161,37 @@ fn a_leftover_process_holding_the_output_is_named_once() {
 }
 
 #[test]
+fn a_command_quiet_for_longer_than_give_up_after_is_waited_for() {
+    // `--give-up-after` is for permanent Kafka errors. A task quiet for
+    // longer (3 s against 1), and a process it left behind that writes
+    // later, are still its output: `run` waits for them as a pipe would
+    // (helper-4: `run` gave up after 30 s of quiet while the command ran,
+    // exited 3 and left its later lines in the spool).
+    let d = tempfile::tempdir().unwrap();
+    let spool = d.path().join("spool");
+    let ran = run_bounded(
+        Command::new(bin())
+            .args(["run", "--give-up-after", "1", "--sandbox"])
+            .arg(d.path().join("sbx"))
+            .args(["--set", &format!("spool_dir={}", spool.display())])
+            .args([
+                "--",
+                "sh",
+                "-c",
+                "echo a; sleep 3; echo b; (sleep 3; echo c) &",
+            ]),
+        Duration::from_secs(120),
+    );
+    let err = ran.stderr();
+    ran.assert_code(0);
+    let got: Vec<String> = gelf_lines(&ran.stdout)
+        .iter()
+        .map(|g| g["short_message"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(got, ["a", "b", "c"], "{err}");
+    assert!(!err.contains("giving up"), "{err}");
+}
+#[test]
 fn a_command_that_cannot_run_exits_like_a_shell_would() {
     // 127 not found, 126 found but not executable; said on stderr.
     let d = tempfile::tempdir().unwrap();

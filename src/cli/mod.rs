@@ -148,6 +148,7 @@ fn publish(
             stop,
             wait_for_lock: false,
             give_up_after: until_empty.then(|| std::time::Duration::from_secs(give_up_after)),
+            give_up_while_open: true,
             orphans: Default::default(),
         },
         publisher::sink_factory(&config),

@@ -262,6 +262,9 @@ pub fn run(a: RunArgs) -> Result<i32, String> {
         stop: Arc::new(AtomicBool::new(false)),
         wait_for_lock: false,
         give_up_after: Some(Duration::from_secs(a.give_up_after)),
+        // Its own command's output stays open while the command runs,
+        // however quiet it is: never a reason to end.
+        give_up_while_open: false,
         orphans: Default::default(),
     })) {
         // Only a spool directory that cannot be made lets the command run

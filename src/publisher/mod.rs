@@ -87,6 +87,13 @@ pub struct Options {
     /// authentication, authorization, invalid topic). A closed destination
     /// ends it at once. None: never (the agent retries forever).
     pub give_up_after: Option<Duration>,
+    /// With `give_up_after`: also give up on a container whose companion is
+    /// alive, everything it wrote delivered, and nothing new for that long
+    /// (`publish --until-empty`: a spool whose task still runs will not
+    /// become empty). Off for `run`: there the live companion is its own
+    /// command's, and a task may be quiet for hours; `run` waits as a pipe
+    /// does.
+    pub give_up_while_open: bool,
     /// Notices for containers without a spool (see `Logger::prepare`).
     pub orphans: Arc<std::sync::Mutex<Vec<crate::logger::Orphan>>>,
 }
@@ -100,6 +107,7 @@ impl Options {
             stop,
             wait_for_lock: true,
             give_up_after: None,
+            give_up_while_open: false,
             orphans: Default::default(),
         }
     }
@@ -581,7 +589,8 @@ impl Publisher {
         // some process of the command still holds its output open. More
         // may come, or never; it waits in the spool for the next publisher.
         let open = |c: &Container| {
-            c.inflight.is_empty()
+            self.opts.give_up_while_open
+                && c.inflight.is_empty()
                 && c.held.is_none()
                 && !c.finished
                 && c.failing.is_none()
