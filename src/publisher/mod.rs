@@ -121,7 +121,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 /// Also checkpoint after this many acknowledged records, so a crash resends
 /// at most this many already-delivered records (plus what was in flight).
-pub const CHECKPOINT_RECORDS: u64 = 4096;
+/// Each checkpoint replaces two files (ledger, checkpoint) and lists the
+/// segments, about 0.4 ms on ext4: at 4,096 that was 4% of the whole
+/// pipeline's CPU at full speed (perf), at 16,384 it is 1%.
+pub const CHECKPOINT_RECORDS: u64 = 16_384;
 /// An idle container is read again this often without an inotify event:
 /// often when it is not watched, rarely (a safety net) when it is, so a
 /// thousand idle containers cost the agent next to nothing.
