@@ -149,6 +149,9 @@ pub struct KafkaSink {
     /// The topic of the last send and its handle (one of `topics`).
     last_topic: Option<(String, Rkt)>,
     producer: BaseProducer<Ctx>,
+    /// Topics get the caching partitioner (see `partition`): true unless
+    /// the operator chose a partitioner.
+    cached_partitioner: bool,
     slab: Slab,
     /// The reports `poll` takes from the context (kept to reuse its room).
     reports: Vec<(usize, Result<(), DeliveryError>)>,
@@ -198,6 +201,7 @@ impl KafkaSink {
             topics: HashMap::new(),
             last_topic: None,
             producer,
+            cached_partitioner: !props.contains_key("partitioner"),
             slab: Slab::default(),
             reports: Vec::new(),
             errors: erx,
@@ -224,15 +228,18 @@ impl KafkaSink {
         }
         let name = CString::new(topic)
             .map_err(|_| SendError::Other(format!("topic name {topic:?} holds a NUL byte")))?;
-        // SAFETY: a live client and a C string; NULL conf = the defaults,
-        // as a send by name uses.
-        let rkt = unsafe {
-            rdsys::rd_kafka_topic_new(
-                self.producer.client().native_ptr(),
-                name.as_ptr(),
-                std::ptr::null_mut(),
-            )
+        let rk = self.producer.client().native_ptr();
+        // NULL conf = the client's default topic settings, as a send by
+        // name uses; `partition::topic_conf` is those plus its partitioner.
+        let conf = if self.cached_partitioner {
+            // SAFETY: a live client.
+            unsafe { super::partition::topic_conf(rk) }
+        } else {
+            std::ptr::null_mut()
         };
+        // SAFETY: a live client, a C string, and a topic configuration
+        // that librdkafka takes over (or NULL).
+        let rkt = unsafe { rdsys::rd_kafka_topic_new(rk, name.as_ptr(), conf) };
         if rkt.is_null() {
             return Err(SendError::Other(format!(
                 "librdkafka refused a handle for topic {topic:?}"

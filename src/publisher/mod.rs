@@ -24,6 +24,7 @@ pub mod latency;
 mod ledger;
 pub mod metrics;
 mod notices;
+mod partition;
 mod pump;
 pub mod sink;
 pub mod watch;
