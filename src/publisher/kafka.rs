@@ -148,6 +148,8 @@ pub struct KafkaSink {
     topics: HashMap<String, TopicHandle>,
     /// The topic of the last send and its handle (one of `topics`).
     last_topic: Option<(String, Rkt)>,
+    /// Before `producer`: wake-ups are turned off before the client goes.
+    wake: Option<super::wake::Wake>,
     producer: BaseProducer<Ctx>,
     /// Topics get the caching partitioner (see `partition`): true unless
     /// the operator chose a partitioner.
@@ -197,9 +199,12 @@ impl KafkaSink {
                 errors: etx,
             })
             .map_err(|e| format!("invalid Kafka configuration: {e}"))?;
+        // SAFETY: a live client, which the sink drops after `wake`.
+        let wake = unsafe { super::wake::Wake::new(producer.client().native_ptr()) };
         Ok(KafkaSink {
             topics: HashMap::new(),
             last_topic: None,
+            wake,
             producer,
             cached_partitioner: !props.contains_key("partitioner"),
             slab: Slab::default(),
@@ -313,6 +318,15 @@ impl Sink for KafkaSink {
 
     fn poll(&mut self, timeout: Duration, out: &mut Vec<Delivery>) {
         self.producer.poll(timeout);
+        // rust-rdkafka serves one event (one produce response's reports)
+        // per poll; take what else is there, so a wake-up is not needed
+        // for what was already queued.
+        for _ in 0..64 {
+            if !self.wake.as_ref().is_some_and(|w| w.pending()) {
+                break;
+            }
+            self.producer.poll(Duration::ZERO);
+        }
         if let Ok(mut d) = self.producer.context().deliveries.lock() {
             std::mem::swap(&mut *d, &mut self.reports);
         }
@@ -321,6 +335,10 @@ impl Sink for KafkaSink {
             // Every slot librdkafka reports was put there by `send`.
             slab.take(slot).map(|ticket| Delivery { ticket, result })
         }));
+    }
+
+    fn wake_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.wake.as_ref().map(|w| w.fd())
     }
 
     fn fatal(&self) -> Option<String> {

@@ -27,6 +27,7 @@ mod notices;
 mod partition;
 mod pump;
 pub mod sink;
+mod wake;
 pub mod watch;
 
 use crate::config::Config;
@@ -478,15 +479,19 @@ impl Publisher {
                 last_metrics = Instant::now();
                 self.write_metrics();
             }
+            let wake = self.sink.wake_fd();
             let wait_ms = match (progress, self.in_flight_msgs) {
                 (true, _) => 0,
                 (false, 0) => 100,
-                // Deliveries outstanding: look for them again soon (less
-                // often while the broker is unreachable).
+                // Deliveries outstanding and the sink wakes us for them
+                // (`wake`): this is only the fallback.
+                (false, _) if wake.is_some() => 50,
+                // Otherwise look for them again soon (less often while the
+                // broker is unreachable).
                 (false, _) if self.stall_since.is_some_and(|t| t.elapsed() < STALL_AFTER) => 5,
                 (false, _) => 50,
             };
-            self.watcher.wait(wait_ms, &mut events);
+            self.watcher.wait(wait_ms, wake, &mut events);
         }
         // Persist what was confirmed; the rest is sent again next time.
         let mut deliveries = Vec::new();

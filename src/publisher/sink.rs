@@ -62,6 +62,12 @@ pub trait Sink: Send {
     ) -> Result<(), SendError>;
     /// Collects finished deliveries, waiting up to `timeout` for one.
     fn poll(&mut self, timeout: Duration, out: &mut Vec<Delivery>);
+    /// A descriptor that becomes readable when `poll` has something to
+    /// collect (see `wake`); the publisher waits on it beside inotify.
+    /// None: the publisher looks again every few milliseconds instead.
+    fn wake_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
     /// A fatal state that requires a new sink, if any.
     fn fatal(&self) -> Option<String> {
         None

@@ -77,15 +77,30 @@ impl Watcher {
         });
     }
 
-    /// Waits up to `timeout_ms` for events (0: just collect what is there).
-    pub fn wait(&mut self, timeout_ms: i32, out: &mut Vec<Event>) {
-        let mut p = libc::pollfd {
-            fd: self.fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd.
-        if unsafe { libc::poll(&mut p, 1, timeout_ms) } <= 0 {
+    /// Waits up to `timeout_ms` for events (0: just collect what is there),
+    /// or for `wake` (the sink's wake-up pipe, emptied here) to be readable.
+    pub fn wait(&mut self, timeout_ms: i32, wake: Option<RawFd>, out: &mut Vec<Event>) {
+        let mut p = [
+            libc::pollfd {
+                fd: self.fd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                // A negative fd is ignored by poll.
+                fd: wake.unwrap_or(-1),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: two valid pollfds.
+        if unsafe { libc::poll(p.as_mut_ptr(), 2, timeout_ms) } <= 0 {
+            return;
+        }
+        if p[1].revents != 0 {
+            super::wake::drain(p[1].fd);
+        }
+        if p[0].revents == 0 {
             return;
         }
         let mut buf = [0u8; 16384];
