@@ -291,3 +291,123 @@ fn a_companion_being_started_is_never_taken_for_a_dead_one() {
         );
     }
 }
+
+#[test]
+fn unusual_container_ids_each_ship_under_their_own_name() {
+    // helper-5: a spool directory was the id with every other byte made
+    // `_`, so `.hidden` was taken for a foreign entry and never shipped
+    // (run exited 3, and the `publish` it suggested exited 0), a 245-byte
+    // id had no spool (file name too long), and `metrics.json` or
+    // `publisher.lock` met the publisher's own files.
+    let d = tempfile::tempdir().unwrap();
+    let spool = d.path().join("spool");
+    let ids = [
+        ".hidden".to_string(),
+        "../../escape".to_string(),
+        "a b".to_string(),
+        "metrics.json".to_string(),
+        "publisher.lock".to_string(),
+        "b".repeat(255),
+        "€".repeat(100),
+    ];
+    for (i, id) in ids.iter().enumerate() {
+        let ran = run_bounded(
+            Command::new(bin())
+                .args(["run", "--container-id", id, "--sandbox"])
+                .arg(d.path().join(format!("sbx{i}")))
+                .args(["--set", &format!("spool_dir={}", spool.display())])
+                .args(["--", "echo", &format!("hello-{i}")]),
+            Duration::from_secs(120),
+        );
+        ran.assert_code(0);
+        let got = gelf_lines(&ran.stdout);
+        assert_eq!(got.len(), 1, "{id:?}: {}", ran.stderr());
+        assert_eq!(got[0]["short_message"], format!("hello-{i}"), "{id:?}");
+        assert_eq!(got[0]["_container_id"], id.as_str(), "{id:?}");
+    }
+}
+
+#[test]
+fn two_ids_that_clean_to_one_name_keep_their_own_spools() {
+    // helper-5: `x€` and `x___` shared the spool `x___`; the second
+    // container took over the first one's unsent lines, which then shipped
+    // under its identity with `_seq` starting again.
+    let d = tempfile::tempdir().unwrap();
+    let spool = d.path().join("spool");
+    let dead = format!("127.0.0.1:{}", free_port());
+    // Each is interrupted while Kafka is away: its line stays spooled.
+    for (i, id) in ["x€", "x___"].iter().enumerate() {
+        let ready = d.path().join(format!("ready{i}"));
+        let mut c = Command::new(bin())
+            .args(["run", "--container-id", id, "--sandbox"])
+            .arg(d.path().join(format!("sbx{i}")))
+            .args(["--set", &format!("kafka.bootstrap.servers={dead}")])
+            .args(["--set", "topic=collide"])
+            .args(["--set", &format!("spool_dir={}", spool.display())])
+            .args(["--", "sh", "-c"])
+            .arg(format!(
+                "echo from-{i}; touch {}; while :; do sleep 0.1; done",
+                ready.display()
+            ))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        assert!(wait_for_file(&ready, Duration::from_secs(30)));
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let st = wait_child(&mut c, Duration::from_secs(60));
+        if st.is_none() {
+            let _ = c.kill();
+        }
+        assert_eq!(st.and_then(|s| s.code()), Some(143), "{id}");
+    }
+    let broker = Broker::start();
+    let ran = run_bounded(
+        Command::new(bin())
+            .args(["publish", "--until-empty", "--spool-dir"])
+            .arg(&spool)
+            .args([
+                "--set",
+                &format!("kafka.bootstrap.servers={}", broker.addr()),
+            ]),
+        Duration::from_secs(120),
+    );
+    ran.assert_code(0);
+    let mut w = SeqWatch::new(&[("x€", 1), ("x___", 1)]);
+    let msgs = consume_until(
+        &broker.addr(),
+        "collide",
+        Duration::from_secs(60),
+        Duration::ZERO,
+        |m| w.add(m),
+    );
+    assert!(w.complete(), "{}", ran.stderr());
+    for m in &msgs {
+        let v = m.json();
+        let want = if v["_container_id"] == "x€" {
+            "from-0"
+        } else {
+            "from-1"
+        };
+        assert_eq!(v["short_message"], want, "{v}");
+        assert_eq!(v["_seq"], 1, "{v}");
+    }
+}
+
+#[test]
+fn publish_until_empty_on_a_missing_spool_directory_is_an_error() {
+    // helper-5: a mistyped --spool-dir was made, and publish reported
+    // success (exit 0) having shipped nothing.
+    let d = tempfile::tempdir().unwrap();
+    let missing = d.path().join("no-such-spool");
+    let ran = run_bounded(
+        Command::new(bin())
+            .args(["publish", "--until-empty", "--spool-dir"])
+            .arg(&missing)
+            .args(["--set", "kafka.bootstrap.servers=127.0.0.1:9"]),
+        Duration::from_secs(60),
+    );
+    ran.assert_code(2);
+    assert!(ran.stderr().contains("does not exist"), "{}", ran.stderr());
+    assert!(!missing.exists(), "not made");
+}

@@ -138,6 +138,15 @@ fn publish(
         .spool_dir
         .clone()
         .unwrap_or_else(|| PathBuf::from(mesos_gelf_logger::logger::DEFAULT_SPOOL_DIR));
+    // A spool to empty that is not there is a mistyped path: the publisher
+    // would make it and report success. (Without --until-empty it is made
+    // and watched, as the agent's publisher does before the first task.)
+    if until_empty && !dir.is_dir() {
+        return Err(format!(
+            "spool directory {} does not exist: nothing to publish",
+            dir.display()
+        ));
+    }
     let stop = stop_on_signals();
     let config = Arc::new(config);
     let mut p = Publisher::new(

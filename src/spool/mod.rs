@@ -129,18 +129,67 @@ pub fn companion_alive(data: &Path) -> Option<bool> {
 }
 pub const CHECKPOINT_FILE: &str = "checkpoint";
 
-/// The directory name for a container id.
+/// Longest container id used as its directory name as it is: with
+/// `.prep-` before it and `-<pid>-<n>` after, the temporary name stays far
+/// below the 255 bytes a file name may have.
+const KEY_VERBATIM_MAX: usize = 160;
+/// Of an id that is not used as it is, this much (cleaned) stays readable.
+const KEY_PREFIX_MAX: usize = 100;
+/// Root entries of the publisher's (`publisher.lock`, `metrics.json` and
+/// their `.tmp`): an id with one of these names must not take its place.
+const ROOT_FILES: &[&str] = &["publisher.lock", "metrics.json"];
+
+/// The directory name for a container id: one name per id, and a name the
+/// publisher takes for a container spool.
+///
+/// An id of letters, digits, `.`, `_` and `-` (every Mesos UUID, and
+/// `parent.child` of nested containers) is its own name. Any other id
+/// (other bytes, a leading `.`, longer than 160 bytes, a publisher file's
+/// name, or one that looks like such a name) becomes its cleaned start
+/// with `--h` and 16 hex digits of a hash of the whole id after it, so
+/// `a b` and `a_b`, or `x€` and `x___`, get spools of their own (before,
+/// both wrote one spool, and the first one's lines shipped under the
+/// second's identity), `.hidden` is not taken for a half-prepared or
+/// foreign entry, and a 255-byte id still has a spool. The hash (FNV-1a,
+/// 64 bits) keeps ids apart by chance, not against a chosen collision.
 pub fn container_key(container_id: &str) -> String {
-    container_id
-        .bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"._-".contains(&b) {
-                b as char
-            } else {
-                '_'
-            }
+    let clean = |b: u8| b.is_ascii_alphanumeric() || b"._-".contains(&b);
+    let verbatim = !container_id.is_empty()
+        && container_id.len() <= KEY_VERBATIM_MAX
+        && !container_id.starts_with('.')
+        && container_id.bytes().all(clean)
+        && !ROOT_FILES.iter().any(|f| {
+            container_id
+                .strip_prefix(f)
+                .is_some_and(|r| r.is_empty() || r == ".tmp")
         })
-        .collect()
+        && !looks_hashed(container_id);
+    if verbatim {
+        return container_id.to_string();
+    }
+    let mut key: String = container_id
+        .bytes()
+        .take(KEY_PREFIX_MAX)
+        .map(|b| if clean(b) { b as char } else { '_' })
+        .collect();
+    if key.starts_with('.') {
+        key.replace_range(..1, "_");
+    }
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in container_id.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{key}--h{h:016x}")
+}
+
+/// Ends the way `container_key` ends a hashed name (`--h` + 16 hex).
+fn looks_hashed(name: &str) -> bool {
+    let b = name.as_bytes();
+    b.len() >= 19 && {
+        let tail = &b[b.len() - 19..];
+        tail.starts_with(b"--h") && tail[3..].iter().all(u8::is_ascii_hexdigit)
+    }
 }
 
 pub fn segment_path(dir: &Path, index: u64) -> PathBuf {
@@ -317,4 +366,100 @@ fn replace(dir: &Path, name: &str, data: &[u8], sync: bool) -> std::io::Result<(
         }
     }
     std::fs::rename(&tmp, dir.join(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the publisher's discovery takes for a container spool's name
+    /// (`publisher::adopt::classify`, before it looks inside).
+    fn key_like(k: &str) -> bool {
+        !k.is_empty()
+            && !k.starts_with('.')
+            && k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    }
+
+    #[test]
+    fn every_container_id_gets_a_name_of_its_own_that_the_publisher_takes() {
+        // Mesos UUIDs and nested ids are their own names, as before.
+        for id in [
+            "8d2b7a2e-1f4c-4b8e-9a51-0c1d2e3f4a5b",
+            "8d2b7a2e-1f4c-4b8e-9a51-0c1d2e3f4a5b.debug-1",
+            "c1",
+            "a_b",
+        ] {
+            assert_eq!(container_key(id), id);
+        }
+        let long_ok = "b".repeat(KEY_VERBATIM_MAX);
+        let ids: Vec<String> = [
+            "a b",
+            "a:b",
+            "a_b",
+            "x€",
+            "x___",
+            ".hidden",
+            "..",
+            ".",
+            "../../escape",
+            "..,",
+            ".prep-x",
+            "metrics.json",
+            "metrics.json.tmp",
+            "publisher.lock",
+            "publisher.lock.tmp",
+            "metrics.jsonx",
+            "a/b",
+            "a\\b",
+            "",
+            "\u{0}",
+            "x--h0123456789abcdef",
+            "x--h0123456789abcdeg",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([
+            long_ok.clone(),
+            "b".repeat(KEY_VERBATIM_MAX + 1),
+            "b".repeat(255),
+            "€".repeat(100),
+            "€".repeat(101),
+        ])
+        .chain((0u8..=255).map(|b| format!("id{}", b as char)))
+        .collect();
+        let mut seen = std::collections::HashMap::new();
+        for id in &ids {
+            let k = container_key(id);
+            assert!(key_like(&k), "{id:?} -> {k:?} is not taken for a container");
+            assert!(!k.starts_with(PREPARING_PREFIX), "{id:?} -> {k:?}");
+            assert!(
+                !ROOT_FILES
+                    .iter()
+                    .any(|f| k == *f || k == format!("{f}.tmp")),
+                "{id:?} -> {k:?}"
+            );
+            // `.prep-<key>-<pid>-<n>` fits a file name (255 bytes).
+            assert!(
+                k.len() + PREPARING_PREFIX.len() + 32 <= 255,
+                "{id:?} -> {} bytes",
+                k.len()
+            );
+            if let Some(other) = seen.insert(k.clone(), id.clone()) {
+                assert_eq!(&other, id, "two ids share the name {k:?}");
+            }
+            assert_eq!(container_key(id), k, "stable");
+        }
+        assert_eq!(container_key(&long_ok), long_ok);
+        // An id that looks hashed is hashed itself, so it meets no other.
+        assert_ne!(
+            container_key("x--h0123456789abcdef"),
+            "x--h0123456789abcdef"
+        );
+        assert_eq!(
+            container_key("x--h0123456789abcdeg"),
+            "x--h0123456789abcdeg"
+        );
+        assert_eq!(container_key("metrics.jsonx"), "metrics.jsonx");
+    }
 }
