@@ -38,6 +38,25 @@ fn a_closed_stdout_ends_run_with_141_and_stops_the_command() {
     assert!(err.len() < 4096, "{err}");
 }
 
+/// Sends SIGTERM to `run` once its command has made `ready`, and waits
+/// for it (killed, and None, if it has not ended within 60 s).
+fn sigterm_once_ready(
+    c: &mut std::process::Child,
+    ready: &std::path::Path,
+) -> Option<std::process::ExitStatus> {
+    assert!(
+        wait_for_file(ready, Duration::from_secs(30)),
+        "the command never made {}",
+        ready.display()
+    );
+    unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+    let st = wait_child(c, Duration::from_secs(60));
+    if st.is_none() {
+        let _ = c.kill();
+    }
+    st
+}
+
 #[test]
 fn sigterm_is_forwarded_and_undelivered_lines_are_left_with_the_command_to_ship_them() {
     let d = tempfile::tempdir().unwrap();
@@ -59,12 +78,7 @@ fn sigterm_is_forwarded_and_undelivered_lines_are_left_with_the_command_to_ship_
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    assert!(wait_for_file(&ready, Duration::from_secs(30)));
-    unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-    let st = wait_child(&mut c, Duration::from_secs(60));
-    if st.is_none() {
-        let _ = c.kill();
-    }
+    let st = sigterm_once_ready(&mut c, &ready);
     let mut err = String::new();
     std::io::Read::read_to_string(&mut c.stderr.take().unwrap(), &mut err).unwrap();
     assert_eq!(st.and_then(|s| s.code()), Some(143), "{err}");
@@ -353,12 +367,7 @@ fn two_ids_that_clean_to_one_name_keep_their_own_spools() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        assert!(wait_for_file(&ready, Duration::from_secs(30)));
-        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-        let st = wait_child(&mut c, Duration::from_secs(60));
-        if st.is_none() {
-            let _ = c.kill();
-        }
+        let st = sigterm_once_ready(&mut c, &ready);
         assert_eq!(st.and_then(|s| s.code()), Some(143), "{id}");
     }
     let broker = Broker::start();
