@@ -43,10 +43,11 @@ fn fixture_v1(root: &Path) -> PathBuf {
 /// A spool left by `run` when Kafka never came: `n` lines of container `id`.
 fn left_spool(root: &Path, id: &str, n: u64) -> PathBuf {
     let spool = root.join("spool");
+    let key = mesos_gelf_logger::spool::container_key(id);
     let dead = format!("127.0.0.1:{}", free_port());
     let mut c = Command::new(bin())
         .args(["run", "--container-id", id, "--sandbox"])
-        .arg(root.join(id))
+        .arg(root.join(&key))
         .args(["--set", &format!("spool_dir={}", spool.display())])
         .args(["--set", &format!("kafka.bootstrap.servers={dead}")])
         .args(["--", "seq", "1", &n.to_string()])
@@ -55,7 +56,7 @@ fn left_spool(root: &Path, id: &str, n: u64) -> PathBuf {
         .spawn()
         .unwrap();
     assert!(wait_for_file(
-        &spool.join(id).join("data/done"),
+        &spool.join(&key).join("data/done"),
         Duration::from_secs(30)
     ));
     unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
@@ -446,4 +447,42 @@ fn the_release_tarball_holds_what_an_operator_needs() {
     .unwrap();
     let unit = std::fs::read_to_string(top.join("systemd/mesos-gelf-forward.service")).unwrap();
     assert!(unit.contains("ExecStart=") && unit.contains("forward"));
+}
+
+#[test]
+fn cat_takes_the_container_the_id_names_before_a_directory_of_that_name() {
+    // helper-6: `a b` has the directory `a_b--h<hash>`; a container whose
+    // id is that very name got a directory of its own, but `spool cat`
+    // and `spool replay` of that id picked `a b`'s records, silently.
+    // And `./c-one` or `c-one/` were taken as the directory `c-one`.
+    let d = tempfile::tempdir().unwrap();
+    let hashed = mesos_gelf_logger::spool::container_key("a b");
+    assert_ne!(hashed, "a b");
+    let spool = left_spool(d.path(), "a b", 3);
+    left_spool(d.path(), &hashed, 5);
+    left_spool(d.path(), "c-one", 2);
+    let cat = |name: &str| {
+        let ran = spool_cmd(&["cat", name, "--spool-dir", spool.to_str().unwrap()]);
+        (
+            ran.status.and_then(|s| s.code()),
+            String::from_utf8_lossy(&ran.stdout).into_owned(),
+        )
+    };
+    assert_eq!(cat("a b"), (Some(0), "1\n2\n3\n".to_string()));
+    assert_eq!(cat(&hashed), (Some(0), "1\n2\n3\n4\n5\n".to_string()));
+    // The directory name of a container still reaches it.
+    let own = mesos_gelf_logger::spool::container_key(&hashed);
+    assert_eq!(cat(&own), (Some(0), "1\n2\n3\n4\n5\n".to_string()));
+    assert_eq!(cat("c-one"), (Some(0), "1\n2\n".to_string()));
+    assert_eq!(cat("./c-one").0, Some(2));
+    assert_eq!(cat("c-one/").0, Some(2));
+    // An id with a newline and an escape sequence shows them escaped in
+    // the status table: no forged row, no raw terminal codes.
+    left_spool(d.path(), "line1\nFAKE row\u{1b}[31m", 1);
+    let ran = spool_cmd(&["status", "--spool-dir", spool.to_str().unwrap()]);
+    ran.assert_code(0);
+    let out = String::from_utf8_lossy(&ran.stdout).into_owned();
+    assert!(!out.lines().any(|l| l.starts_with("FAKE")), "{out}");
+    assert!(!out.contains('\u{1b}'), "{out}");
+    assert!(out.contains("line1\\nFAKE row\\u{1b}"), "{out}");
 }

@@ -103,16 +103,34 @@ fn root(c: &Common) -> Result<PathBuf, String> {
     Ok(d)
 }
 
-/// The container's spool directory, by id or directory name.
+/// The container's spool directory, by id or directory name. The id wins:
+/// `container_key` gives its directory, taken when its `meta.json` names
+/// that very id (a directory name that is also another container's id,
+/// such as a hashed name, would otherwise pick the wrong one). Otherwise a
+/// plain directory name (one path component, never `./x` or `x/`).
 fn container_dir(root: &Path, name: &str) -> Result<PathBuf, String> {
-    for k in [name.to_string(), container_key(name)] {
-        let d = root.join(&k);
-        if d.join(mesos_gelf_logger::spool::META_FILE).is_file() || data_dir(&d).is_dir() {
-            return Ok(d);
+    let is_spool =
+        |d: &Path| d.join(mesos_gelf_logger::spool::META_FILE).is_file() || data_dir(d).is_dir();
+    let by_id = root.join(container_key(name));
+    if is_spool(&by_id) {
+        let named = mesos_gelf_logger::spool::ContainerMeta::load(&by_id)
+            .map(|m| m.identity.container_id == name)
+            .unwrap_or(false);
+        if named || !is_spool(&root.join(name)) {
+            return Ok(by_id);
         }
     }
+    let plain = !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name.contains('/')
+        && !name.contains('\0');
+    if plain && is_spool(&root.join(name)) {
+        return Ok(root.join(name));
+    }
     Err(format!(
-        "no container {name} in the spool {}",
+        "no container {} in the spool {}",
+        name.escape_debug(),
         root.display()
     ))
 }
@@ -223,6 +241,19 @@ fn status(c: &Common) -> Result<i32, String> {
         "CONTAINER", "TASK", "APP", "PENDING", "BYTES", "OLDEST", "CHECKPOINT", "COMPANION"
     );
     let cut = |s: &str, n: usize| -> String {
+        // Control characters shown escaped: an id or task id with a
+        // newline or an escape sequence must not forge or colour a row.
+        let s: String = s
+            .chars()
+            .flat_map(|c| {
+                let e: Vec<char> = if c.is_control() {
+                    c.escape_default().collect()
+                } else {
+                    vec![c]
+                };
+                e
+            })
+            .collect();
         if s.chars().count() <= n {
             s.to_string()
         } else {
