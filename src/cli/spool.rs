@@ -243,17 +243,15 @@ fn status(c: &Common) -> Result<i32, String> {
     let cut = |s: &str, n: usize| -> String {
         // Control characters shown escaped: an id or task id with a
         // newline or an escape sequence must not forge or colour a row.
-        let s: String = s
-            .chars()
-            .flat_map(|c| {
-                let e: Vec<char> = if c.is_control() {
-                    c.escape_default().collect()
-                } else {
-                    vec![c]
-                };
-                e
-            })
-            .collect();
+        let mut shown = String::with_capacity(s.len());
+        for c in s.chars() {
+            if c.is_control() {
+                shown.extend(c.escape_default());
+            } else {
+                shown.push(c);
+            }
+        }
+        let s = shown;
         if s.chars().count() <= n {
             s.to_string()
         } else {

@@ -56,20 +56,19 @@ pub fn push_str(out: &mut Vec<u8>, s: &str) {
         if i >= b.len() {
             break;
         }
+        // `skip_plain` stops exactly at a byte that needs an escape.
         let c = b[i];
         let e = ESCAPE[c as usize];
-        if e != 0 {
-            out.extend_from_slice(&b[done..i]);
-            out.push(b'\\');
-            out.push(e);
-            if e == b'u' {
-                out.extend_from_slice(b"00");
-                out.push(HEX[(c >> 4) as usize]);
-                out.push(HEX[(c & 0xf) as usize]);
-            }
-            done = i + 1;
+        out.extend_from_slice(&b[done..i]);
+        out.push(b'\\');
+        out.push(e);
+        if e == b'u' {
+            out.extend_from_slice(b"00");
+            out.push(HEX[(c >> 4) as usize]);
+            out.push(HEX[(c & 0xf) as usize]);
         }
         i += 1;
+        done = i;
     }
     out.extend_from_slice(&b[done..]);
     out.push(b'"');

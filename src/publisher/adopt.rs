@@ -33,12 +33,7 @@ fn classify(name: &str, path: &Path) -> Entry {
     if name.starts_with(crate::spool::PREPARING_PREFIX) {
         return Entry::Preparing;
     }
-    let key_like = !name.is_empty()
-        && !name.starts_with('.')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    let ours = key_like
+    let ours = crate::spool::key_like(name)
         && (path.join(crate::spool::META_FILE).exists() || crate::spool::data_dir(path).is_dir());
     if ours {
         Entry::Container

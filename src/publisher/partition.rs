@@ -98,11 +98,20 @@ unsafe extern "C" fn partition(
 mod tests {
     use super::*;
 
-    fn librdkafka(key: &[u8], count: i32) -> i32 {
-        // SAFETY: a non-empty key: consistent_random hashes it and does
-        // not look at the (absent) topic.
+    type Partitioner = unsafe extern "C" fn(
+        *const rdsys::rd_kafka_topic_t,
+        *const c_void,
+        usize,
+        i32,
+        *mut c_void,
+        *mut c_void,
+    ) -> i32;
+
+    fn ask(f: Partitioner, key: &[u8], count: i32) -> i32 {
+        // SAFETY: a non-empty key: consistent_random (ours asks it) hashes
+        // it and does not look at the (absent) topic.
         unsafe {
-            rdsys::rd_kafka_msg_partitioner_consistent_random(
+            f(
                 std::ptr::null(),
                 key.as_ptr() as *const c_void,
                 key.len(),
@@ -113,18 +122,16 @@ mod tests {
         }
     }
 
+    fn librdkafka(key: &[u8], count: i32) -> i32 {
+        ask(
+            rdsys::rd_kafka_msg_partitioner_consistent_random,
+            key,
+            count,
+        )
+    }
+
     fn ours(key: &[u8], count: i32) -> i32 {
-        // SAFETY: as above.
-        unsafe {
-            partition(
-                std::ptr::null(),
-                key.as_ptr() as *const c_void,
-                key.len(),
-                count,
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-            )
-        }
+        ask(partition, key, count)
     }
 
     #[test]

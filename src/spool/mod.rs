@@ -137,7 +137,18 @@ const KEY_VERBATIM_MAX: usize = 160;
 const KEY_PREFIX_MAX: usize = 100;
 /// Root entries of the publisher's (`publisher.lock`, `metrics.json` and
 /// their `.tmp`): an id with one of these names must not take its place.
-const ROOT_FILES: &[&str] = &["publisher.lock", "metrics.json"];
+const ROOT_FILES: &[&str] = &[lock::LOCK_FILE, "metrics.json"];
+
+/// A name the publisher takes for a container spool (given `meta.json` or
+/// `data/` inside): letters, digits, `.`, `_` and `-`, not starting with
+/// `.` (so never `.prep-*`, `.`, `..` or a hidden entry).
+pub fn key_like(name: &str) -> bool {
+    !name.is_empty() && !name.starts_with('.') && name.bytes().all(key_byte)
+}
+
+fn key_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"._-".contains(&b)
+}
 
 /// The directory name for a container id: one name per id, and a name the
 /// publisher takes for a container spool.
@@ -153,11 +164,8 @@ const ROOT_FILES: &[&str] = &["publisher.lock", "metrics.json"];
 /// foreign entry, and a 255-byte id still has a spool. The hash (FNV-1a,
 /// 64 bits) keeps ids apart by chance, not against a chosen collision.
 pub fn container_key(container_id: &str) -> String {
-    let clean = |b: u8| b.is_ascii_alphanumeric() || b"._-".contains(&b);
-    let verbatim = !container_id.is_empty()
+    let verbatim = key_like(container_id)
         && container_id.len() <= KEY_VERBATIM_MAX
-        && !container_id.starts_with('.')
-        && container_id.bytes().all(clean)
         && !ROOT_FILES.iter().any(|f| {
             container_id
                 .strip_prefix(f)
@@ -170,7 +178,7 @@ pub fn container_key(container_id: &str) -> String {
     let mut key: String = container_id
         .bytes()
         .take(KEY_PREFIX_MAX)
-        .map(|b| if clean(b) { b as char } else { '_' })
+        .map(|b| if key_byte(b) { b as char } else { '_' })
         .collect();
     if key.starts_with('.') {
         key.replace_range(..1, "_");
