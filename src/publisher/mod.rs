@@ -441,7 +441,14 @@ impl Publisher {
             // on the clock until its timeout (seen at ~10% of a core while
             // the broker was down). We wait on inotify below instead.
             self.sink.poll(Duration::ZERO, &mut deliveries);
-            if !deliveries.is_empty() {
+            // Deliveries free room in the window: a container held back by
+            // it (its own share or the whole) may send at once, so look
+            // again without waiting; the wake-up for these deliveries was
+            // spent on this poll, and waiting for the next one cost every
+            // window-bound round the fallback wait (50 ms): 15k lines/s
+            // with a 1 MB window, against 300k with it not binding.
+            let delivered = !deliveries.is_empty();
+            if delivered {
                 self.poll_now_us = crate::spool::record::now_micros();
             }
             for d in deliveries.drain(..) {
@@ -480,7 +487,7 @@ impl Publisher {
                 self.write_metrics();
             }
             let wake = self.sink.wake_fd();
-            let wait_ms = match (progress, self.in_flight_msgs) {
+            let wait_ms = match (progress || delivered, self.in_flight_msgs) {
                 (true, _) => 0,
                 (false, 0) => 100,
                 // Deliveries outstanding and the sink wakes us for them
