@@ -371,23 +371,20 @@ fn main() {
                     // `run` of a fast generator (cat); the companion is
                     // measured by a wrapper (`companion_path` = this bench).
                     let spool3 = r.join(format!("spool3-{round}"));
-                    let mut e = timed(&u, &bin)
-                        .args(["run", "--sandbox"])
-                        .arg(r.join(format!("sbx3-{round}")))
-                        .args([
-                            "--set",
-                            &format!("kafka.bootstrap.servers={addr}"),
-                            "--set",
-                            "topic=bench-e2e",
-                        ])
-                        .args(["--set", &format!("spool_dir={}", spool3.display())])
-                        .args(["--set", &format!("companion_path={}", exe().display())])
-                        .arg("--")
-                        .arg("cat")
-                        .arg(&input)
-                        .stderr(Stdio::null())
-                        .spawn()
-                        .unwrap();
+                    let mut e = run_cmd(
+                        timed(&u, &bin),
+                        &addr,
+                        &r.join(format!("sbx3-{round}")),
+                        &spool3,
+                        "bench-e2e",
+                        &[format!("companion_path={}", exe().display())],
+                    )
+                    .arg("--")
+                    .arg("cat")
+                    .arg(&input)
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap();
                     runs.push(wait_usage(&mut e, &u));
                     comps.push(read_usage(&spool3.join("companion.usage")));
                 }
@@ -462,34 +459,51 @@ fn main() {
     parse_cost();
 }
 
+/// `mesos-gelf run` (`c` is the `bin` command, timed or not) with its own
+/// sandbox, spool and topic on the broker at `addr`, plus extra `--set
+/// key=value`s; the caller adds `-- <child>`. Every `run` in this bench is
+/// built here, so the runs differ only where the arguments say.
+fn run_cmd(
+    mut c: Command,
+    addr: &str,
+    sandbox: &Path,
+    spool: &Path,
+    topic: &str,
+    sets: &[String],
+) -> Command {
+    c.args(["run", "--sandbox"])
+        .arg(sandbox)
+        .args(["--set", &format!("kafka.bootstrap.servers={addr}")])
+        .args(["--set", &format!("topic={topic}")])
+        .args(["--set", &format!("spool_dir={}", spool.display())])
+        .args(sets.iter().flat_map(|s| ["--set", s.as_str()]));
+    c
+}
+
 /// `run -- cat` with the in-flight window binding (`max_in_flight_bytes=1MB`)
 /// against the default window, on one broker: deliveries that free room
 /// must let the publisher send again at once, not after its fallback wait.
 fn window_bound(bin: &Path, addr: &str, r: &Path, input: &Path) {
     let run = |window: Option<&str>, tag: &str| {
         let u = r.join(format!("window-{tag}.usage"));
-        let mut c = timed(&u, bin);
-        c.args(["run", "--sandbox"])
-            .arg(r.join(format!("sbx-window-{tag}")))
-            .args(["--set", &format!("kafka.bootstrap.servers={addr}")])
-            .args(["--set", &format!("topic=bench-window-{tag}")])
-            .args([
-                "--set",
-                &format!(
-                    "spool_dir={}",
-                    r.join(format!("spool-window-{tag}")).display()
-                ),
-            ]);
-        if let Some(w) = window {
-            c.args(["--set", &format!("max_in_flight_bytes={w}")]);
-        }
-        let mut child = c
-            .arg("--")
-            .arg("cat")
-            .arg(input)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let sets: Vec<String> = window
+            .map(|w| format!("max_in_flight_bytes={w}"))
+            .into_iter()
+            .collect();
+        let mut child = run_cmd(
+            timed(&u, bin),
+            addr,
+            &r.join(format!("sbx-window-{tag}")),
+            &r.join(format!("spool-window-{tag}")),
+            &format!("bench-window-{tag}"),
+            &sets,
+        )
+        .arg("--")
+        .arg("cat")
+        .arg(input)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
         wait_usage(&mut child, &u)
     };
     let full = run(None, "default");
@@ -519,27 +533,23 @@ fn latency(bin: &Path, addr: &str, r: &Path, sets: &[String]) {
         let start = |tag: &str| {
             let topic = format!("bench-lat-{rate}-{tag}-{}", std::process::id());
             let spool = r.join(format!("spool-lat-{rate}-{tag}"));
-            let run = Command::new(bin)
-                .args(["run", "--sandbox"])
-                .arg(r.join(format!("sbx-lat-{rate}-{tag}")))
-                .args([
-                    "--set",
-                    &format!("kafka.bootstrap.servers={addr}"),
-                    "--set",
-                    &format!("topic={topic}"),
-                    "--set",
-                    &format!("spool_dir={}", spool.display()),
-                    // One metrics window for the whole run.
-                    "--set",
-                    "metrics_interval_ms=3600000",
-                ])
-                .args(sets.iter().flat_map(|s| ["--set", s.as_str()]))
-                .arg("--")
-                .arg(exe())
-                .args(["gen", &rate.to_string(), &n.to_string()])
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
+            // One metrics window for the whole run.
+            let mut all = vec!["metrics_interval_ms=3600000".to_string()];
+            all.extend_from_slice(sets);
+            let run = run_cmd(
+                Command::new(bin),
+                addr,
+                &r.join(format!("sbx-lat-{rate}-{tag}")),
+                &spool,
+                &topic,
+                &all,
+            )
+            .arg("--")
+            .arg(exe())
+            .args(["gen", &rate.to_string(), &n.to_string()])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
             (run, topic, spool)
         };
         let (mut run, _, spool) = start("ack");
