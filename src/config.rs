@@ -214,7 +214,7 @@ pub const PARAMETERS: &[(&str, &str, &str)] = &[
     ("systemd_slice", "mesos_executors.slice", "cgroup the companion moves to when the host runs systemd, so an agent restart does not kill it."),
     ("cgroups_hierarchy", "/sys/fs/cgroup", "Where cgroups are mounted (as the agent's --cgroups_hierarchy)."),
     ("drop_privileges", "true (module); false (run)", "Run each companion as ContainerConfig.user (when the agent is root); an unknown user keeps the agent's user, with a warning."),
-    ("max_in_flight_bytes", "8MB", "Publisher bound on encoded bytes handed to the sink but not yet acknowledged."),
+    ("max_in_flight_bytes", "8MB", "Publisher bound on encoded bytes handed to the sink but not yet acknowledged (at least 64KB; one container takes at most half; a smaller window costs throughput, see \"Performance\")."),
     ("max_message_bytes", "900000", "Largest GELF message produced; larger ones are cut (_truncated); container fields take at most half of it (see GELF fields)."),
     ("metrics_interval_ms", "10000", "How often the publisher writes <spool_dir>/metrics.json (agent-wide numbers and per-container detail)."),
     ("kafka.<property>", "see README", "Any librdkafka producer property, passed verbatim."),
@@ -265,10 +265,12 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "K" | "KB" | "KIB" => 1 << 10,
         "M" | "MB" | "MIB" => 1 << 20,
         "G" | "GB" | "GIB" => 1 << 30,
-        other => {
+        _ => {
+            // Quoted as written (`0x10000` read as unit `X10000` misled).
             return Err(format!(
-                "`{s}`: unknown size unit `{other}` (use B, KB, MB or GB)"
-            ))
+                "`{s}`: unknown size unit `{}` (use a decimal number with B, KB, MB or GB)",
+                unit.trim()
+            ));
         }
     };
     n.checked_mul(mult)
@@ -689,6 +691,10 @@ mod tests {
         assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
         assert!(parse_size("ten").is_err());
         assert!(parse_size("10XB").unwrap_err().contains("unit"));
+        assert!(
+            parse_size("0x10000").unwrap_err().contains("unit `x10000`"),
+            "the unit as written"
+        );
         assert_eq!(parse_duration("6h").unwrap().as_secs(), 21_600);
         assert_eq!(parse_duration("0").unwrap().as_secs(), 0);
         assert!(parse_duration("6 weeks").is_err());

@@ -504,6 +504,65 @@ fn an_invalid_topic_is_named_bounded_and_does_not_hold_up_the_others() {
     assert!(!err.contains("delivering again"), "no flapping: {err}");
 }
 
+/// A broker that refuses a topic's records (its schema, here tansu's
+/// JSON schema registry; a policy) answers the same way however often
+/// they are sent: that container is named with the broker's cause and
+/// kept in the spool, `publish --until-empty` ends with status 3 after
+/// `--give-up-after` (it waited forever when this was not a permanent
+/// cause), and the other container ships.
+#[test]
+fn records_the_broker_refuses_are_named_kept_and_given_up_on() {
+    let schemas = tempfile::tempdir().unwrap();
+    // GELF has no field `zzz`: every record on topic `strict` fails.
+    std::fs::write(
+        schemas.path().join("strict.json"),
+        r#"{"type":"object","properties":{"value":{"type":"object","properties":{"zzz":{"type":"integer"}},"required":["zzz"]}}}"#,
+    )
+    .unwrap();
+    let broker = Broker::start_with_schemas(schemas.path());
+    let d = tempfile::tempdir().unwrap();
+    let spool = d.path().join("spool");
+    let topic = |t: &str| json!({"task_info": {"name": t, "task_id": {"value": t}, "labels": {"labels": [{"key": "gelf.topic", "value": t}]}}});
+    spool_lines(&spool, &d.path().join("a"), "c-bad", 100, topic("strict"));
+    spool_lines(&spool, &d.path().join("b"), "c-good", 3000, topic("good"));
+    let ran = run_bounded(
+        &mut publish(
+            &spool,
+            &broker.addr(),
+            &["--until-empty", "--give-up-after", "5"],
+        ),
+        Duration::from_secs(120),
+    );
+    ran.assert_code(3);
+    let err = ran.stderr();
+    assert!(
+        err.contains("container c-bad, topic strict")
+            && err.contains("the broker refuses the records"),
+        "{err}"
+    );
+    assert!(
+        err.contains("giving up after 5 s of a permanent error (rejected: the broker refuses"),
+        "names the cause, not the producer's fencing that follows it: {err}"
+    );
+    assert!(err.lines().count() < 12, "rate-limited: {err}");
+    assert!(
+        spool.join("c-bad/data").is_dir(),
+        "its lines stay in the spool"
+    );
+    assert!(!spool.join("c-good").exists(), "the other one finished");
+    let mut w = SeqWatch::new(&[("c-good", 3000)]);
+    consume_until(
+        &broker.addr(),
+        "good",
+        Duration::from_secs(60),
+        Duration::ZERO,
+        |m| w.add(m),
+    );
+    let m: Value =
+        serde_json::from_slice(&std::fs::read(spool.join("metrics.json")).unwrap()).unwrap();
+    assert!(m["kafka_errors/rejected"].as_u64().unwrap() >= 1, "{m}");
+}
+
 /// A CA, a certificate for localhost signed by it, one for another host
 /// signed by it, and an unrelated CA.
 struct Certs {

@@ -47,6 +47,11 @@ pub enum Cause {
     UnknownTopic,
     /// A message larger than the broker or client accepts.
     TooLarge,
+    /// The broker takes the request but refuses the records in it: its
+    /// validation (a schema on the topic) or a policy. Sending the same
+    /// records again gets the same answer (Kafka's INVALID_RECORD and
+    /// POLICY_VIOLATION are not retriable).
+    Rejected,
     /// Connection refused, reset, name not resolved, all brokers down.
     Transport,
     /// The destination is closed for good (e.g. `run`'s standard output).
@@ -55,13 +60,14 @@ pub enum Cause {
 }
 
 impl Cause {
-    pub const ALL: [Cause; 9] = [
+    pub const ALL: [Cause; 10] = [
         Cause::Tls,
         Cause::Authentication,
         Cause::Authorization,
         Cause::InvalidTopic,
         Cause::UnknownTopic,
         Cause::TooLarge,
+        Cause::Rejected,
         Cause::Transport,
         Cause::Closed,
         Cause::Other,
@@ -73,7 +79,7 @@ impl Cause {
     /// container ships.
     pub fn topic_level(self, text: &str) -> bool {
         match self {
-            Cause::InvalidTopic | Cause::UnknownTopic | Cause::TooLarge => true,
+            Cause::InvalidTopic | Cause::UnknownTopic | Cause::TooLarge | Cause::Rejected => true,
             Cause::Authorization => text.to_ascii_lowercase().contains("topic"),
             _ => false,
         }
@@ -113,6 +119,15 @@ impl Cause {
         } else if has(&["too large", "toolarge", "message.max.bytes"]) {
             Cause::TooLarge
         } else if has(&[
+            "invalidrecord",
+            "invalid_record",
+            "failed to validate record",
+            "policyviolation",
+            "policy_violation",
+            "policy violation",
+        ]) {
+            Cause::Rejected
+        } else if has(&[
             "transport",
             "connection refused",
             "connect to",
@@ -140,6 +155,7 @@ impl Cause {
                 | Cause::Authorization
                 | Cause::InvalidTopic
                 | Cause::UnknownTopic
+                | Cause::Rejected
                 | Cause::Closed
         )
     }
@@ -153,13 +169,14 @@ impl Cause {
             Cause::InvalidTopic => "invalid_topic",
             Cause::UnknownTopic => "unknown_topic",
             Cause::TooLarge => "too_large",
+            Cause::Rejected => "rejected",
             Cause::Transport => "transport",
             Cause::Closed => "closed",
             Cause::Other => "other",
         }
     }
 
-    fn what(self) -> &'static str {
+    pub fn what(self) -> &'static str {
         match self {
             Cause::Tls => "TLS handshake or certificate verification failed (check kafka.ssl.* settings and the broker's certificate)",
             Cause::Authentication => "SASL authentication failed (check kafka.sasl.* settings)",
@@ -167,6 +184,7 @@ impl Cause {
             Cause::InvalidTopic => "the broker refuses this topic name",
             Cause::UnknownTopic => "the topic does not exist on the broker",
             Cause::TooLarge => "message too large for the broker",
+            Cause::Rejected => "the broker refuses the records (its validation of the topic's records, such as a schema, or a policy)",
             Cause::Transport => "cannot reach Kafka",
             Cause::Closed => "the destination is closed",
             Cause::Other => "Kafka error",
@@ -310,6 +328,14 @@ mod tests {
             Cause::TooLarge
         );
         assert_eq!(c("Global error: BrokerTransportFailure (Local: Broker transport failure): 127.0.0.1:1/bootstrap: Connect to ipv4#127.0.0.1:1 failed: Connection refused"), Cause::Transport);
+        assert_eq!(
+            c("Message production error: InvalidRecord (Broker: Broker failed to validate record)"),
+            Cause::Rejected
+        );
+        assert_eq!(
+            c("Message production error: PolicyViolation (Broker: Policy violation)"),
+            Cause::Rejected
+        );
         assert_eq!(c("Broken pipe (os error 32)"), Cause::Closed);
         assert_eq!(c("FAIL: ssl://127.0.0.1:9092/bootstrap: Connection setup timed out in state SSL_HANDSHAKE (after 10023ms in state SSL_HANDSHAKE)"), Cause::Tls);
         assert_eq!(c("ssl://127.0.0.1:9093/bootstrap: Connect to ipv4#127.0.0.1:9093 failed: Connection refused (after 0ms in state CONNECT)"), Cause::Transport);

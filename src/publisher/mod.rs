@@ -649,13 +649,21 @@ impl Publisher {
                 remaining()
             ));
         }
-        let why = self
-            .metrics
-            .last_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .unwrap_or_else(|| "permanent Kafka error".into());
+        // The permanent cause that blocks a container, not the client's
+        // last error, which may be a consequence (an idempotent producer
+        // is fenced after its records were refused).
+        let own = self.containers.values().find_map(|c| match c.failing {
+            Some((f, _)) if f.permanent() => Some(format!("{}: {}", f.name(), f.what())),
+            _ => None,
+        });
+        let why = own.unwrap_or_else(|| {
+            self.metrics
+                .last_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+                .unwrap_or_else(|| "permanent Kafka error".into())
+        });
         Some(format!(
             "giving up after {} s of a permanent error ({why}); {}",
             after.as_secs(),

@@ -226,9 +226,32 @@ impl Broker {
         Broker::start_with(free_port(), advertised)
     }
 
-    fn start_with(port: u16, adv: &str) -> Broker {
+    /// A broker that validates each topic's records against the JSON
+    /// schema `<dir>/<topic>.json` (tansu's schema registry), refusing
+    /// those that fail with Kafka's INVALID_RECORD.
+    pub fn start_with_schemas(dir: &std::path::Path) -> Broker {
+        let port = free_port();
         let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(tansu_bin())
+        // tansu reads a file:// registry relative to its working directory.
+        Broker::start_with_args(port, &url, Some(dir), &["--schema-registry", "file://./"])
+    }
+
+    fn start_with(port: u16, adv: &str) -> Broker {
+        Broker::start_with_args(port, adv, None, &[])
+    }
+
+    fn start_with_args(
+        port: u16,
+        adv: &str,
+        cwd: Option<&std::path::Path>,
+        extra: &[&str],
+    ) -> Broker {
+        let url = format!("tcp://127.0.0.1:{port}");
+        let mut cmd = Command::new(tansu_bin());
+        if let Some(d) = cwd {
+            cmd.current_dir(d);
+        }
+        let child = cmd
             .args([
                 "broker",
                 "--listener-url",
@@ -237,6 +260,7 @@ impl Broker {
                 adv,
             ])
             .args(["--storage-engine", "memory://tansu/"])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
