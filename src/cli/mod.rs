@@ -42,7 +42,8 @@ enum Cmd {
         #[arg(long)]
         until_empty: bool,
         /// With --until-empty: exit 3 after this many seconds of a permanent
-        /// Kafka error (TLS, authentication, authorization, invalid topic)
+        /// Kafka error (TLS, authentication, authorization, invalid topic,
+        /// records the broker refuses)
         /// blocking every container left.
         #[arg(long, value_name = "SECONDS", default_value_t = publisher::GIVE_UP_AFTER.as_secs())]
         give_up_after: u64,

@@ -52,7 +52,8 @@ pub struct RunArgs {
     #[arg(long)]
     container_id: Option<String>,
     /// Stop waiting for Kafka after this many seconds of a permanent error
-    /// (TLS, authentication, authorization, invalid topic); the lines stay
+    /// (TLS, authentication, authorization, invalid topic, refused
+    /// records); the lines stay
     /// in the spool and the `publish` command that ships them is printed.
     #[arg(long, value_name = "SECONDS", default_value_t = GIVE_UP_AFTER.as_secs())]
     give_up_after: u64,
