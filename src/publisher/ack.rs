@@ -82,6 +82,13 @@ impl Publisher {
                 self.rebuild_after = super::REBUILD_STALLED_AFTER;
                 return;
             }
+            // The sink is rebuilt before the next send (`fatal`), which
+            // rewinds every container to its last acknowledged record: this
+            // one is neither failing nor backed off.
+            Err(DeliveryError::SinkBroken(_)) => {
+                Metrics::add(&self.metrics.failed, 1);
+                return;
+            }
             Err(DeliveryError::TooLarge(m)) | Err(DeliveryError::Other(m)) => m,
         };
         Metrics::add(&self.metrics.failed, 1);

@@ -47,6 +47,8 @@ struct Ctx {
     /// (slab slot, result) of each delivery report since the last poll.
     deliveries: Mutex<Vec<(usize, Result<(), DeliveryError>)>>,
     errors: Sender<String>,
+    /// Set when the broker fenced this producer (see `delivery`).
+    fenced: Mutex<Option<String>>,
 }
 
 impl ClientContext for Ctx {
@@ -75,6 +77,19 @@ impl ProducerContext for Ctx {
                     "message of {} bytes rejected as too large",
                     m.payload_len()
                 )))
+            }
+            // An idempotent producer the broker fenced stays fenced:
+            // librdkafka neither raises a fatal error nor asks for a new
+            // producer id, so every later record of every container fails
+            // the same way (tansu fences after a batch it refused). The
+            // producer is broken, not the record: say so, and `fatal`
+            // has it rebuilt.
+            Err((e @ KafkaError::MessageProduction(RDKafkaErrorCode::ProducerFenced), _)) => {
+                let text = e.to_string();
+                if let Ok(mut f) = self.fenced.lock() {
+                    f.get_or_insert_with(|| text.clone());
+                }
+                Err(DeliveryError::SinkBroken(text))
             }
             Err((e, _)) => Err(DeliveryError::Other(e.to_string())),
         };
@@ -197,6 +212,7 @@ impl KafkaSink {
             .create_with_context(Ctx {
                 deliveries: Mutex::new(Vec::new()),
                 errors: etx,
+                fenced: Mutex::new(None),
             })
             .map_err(|e| format!("invalid Kafka configuration: {e}"))?;
         // SAFETY: a live client, which the sink drops after `wake`.
@@ -346,6 +362,10 @@ impl Sink for KafkaSink {
             .client()
             .fatal_error()
             .map(|(code, reason)| format!("{code:?}: {reason}"))
+            .or_else(|| {
+                let f = self.producer.context().fenced.lock();
+                f.ok().and_then(|f| f.clone())
+            })
     }
 
     fn take_errors(&mut self) -> Vec<String> {

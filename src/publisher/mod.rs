@@ -568,9 +568,22 @@ impl Publisher {
     fn gave_up(&self) -> Option<String> {
         let after = self.opts.give_up_after?;
         let remaining = || {
+            // Named, so the operator knows which spools to look at (at
+            // most a few: the line must stay one line).
+            const NAMED: usize = 5;
+            let mut names: Vec<&str> = self.containers.values().map(|c| c.key.as_str()).collect();
+            names.sort_unstable();
+            let more = names.len().saturating_sub(NAMED);
+            names.truncate(NAMED);
+            let more = if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            };
             format!(
-                "undelivered records of {} container(s) remain in {}",
+                "undelivered records of {} container(s) ({}{more}) remain in {}",
                 self.containers.len(),
+                names.join(", "),
                 self.opts.spool_dir.display()
             )
         };

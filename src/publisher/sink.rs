@@ -30,6 +30,10 @@ pub struct Delivery {
 pub enum DeliveryError {
     /// The message is larger than the broker accepts.
     TooLarge(String),
+    /// Not this record's fault: the sink can no longer deliver anything
+    /// (the broker fenced the producer) and says so in [`Sink::fatal`];
+    /// the publisher rebuilds it and sends the record again.
+    SinkBroken(String),
     Other(String),
 }
 
