@@ -185,7 +185,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
         Some("gen") => return gen(args[2].parse().unwrap(), args[3].parse().unwrap()),
-        Some("bare") => return bare(&args[2], &args[3], Path::new(&args[4])),
+        Some("bare") => return bare(&args[2], &args[3], Path::new(&args[4]), &args[5..]),
         Some("companion") => return wrap_companion(&args[1..]),
         Some("scale") => return scale(&args[2], Path::new(&args[3])),
         _ => {}
@@ -212,6 +212,16 @@ fn main() {
         let broker = support::Broker::start();
         let root = tempfile::tempdir().unwrap();
         return latency(&support::bin(), &broker.addr(), root.path(), &sets);
+    }
+    if let Some(i) = args.iter().position(|a| a == "e2e") {
+        // `cargo bench --bench pipeline -- e2e [ROUNDS] [--set kafka.key=value ...]`
+        let rounds = args.get(i + 1).and_then(|a| a.parse().ok()).unwrap_or(5);
+        let sets: Vec<String> = args[i + 1..]
+            .windows(2)
+            .filter(|w| w[0] == "--set")
+            .map(|w| w[1].clone())
+            .collect();
+        return e2e_rounds(rounds, &sets);
     }
     if args.iter().any(|a| a == "window") {
         // `cargo bench --bench pipeline -- window`
@@ -478,6 +488,81 @@ fn run_cmd(
         .args(["--set", &format!("spool_dir={}", spool.display())])
         .args(sets.iter().flat_map(|s| ["--set", s.as_str()]));
     c
+}
+
+/// Only the end-to-end comparison, with librdkafka settings to try
+/// (`--set kafka.linger.ms=20`) applied to both sides: `rounds` pairs of
+/// the bare producer and `run -- cat`, each pair on a fresh broker, in
+/// alternating order; prints each pair's ratio and the median.
+fn e2e_rounds(rounds: usize, sets: &[String]) {
+    let bin = support::bin();
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    let input = r.join("input.txt");
+    make_input(&input);
+    let gelf = r.join("gelf.txt");
+    let st = Command::new(&bin)
+        .args(["run", "--sandbox"])
+        .arg(r.join("sbx-enc"))
+        .arg("--")
+        .arg("cat")
+        .arg(&input)
+        .stdout(std::fs::File::create(&gelf).unwrap())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let u = r.join("usage");
+    let mut ratios = Vec::new();
+    println!("end to end against the bare producer, settings {sets:?}");
+    for round in 0..rounds {
+        let broker = support::Broker::start();
+        let addr = broker.addr();
+        let (mut bare_cpu, mut e2e) = (0.0, (0.0, 0.0, 0.0));
+        for job in [round % 2, (round + 1) % 2] {
+            if job == 0 {
+                let mut b = timed(&u, exe())
+                    .args(["bare", &addr, "bench-bare"])
+                    .arg(&gelf)
+                    .args(sets)
+                    .spawn()
+                    .unwrap();
+                bare_cpu = wait_usage(&mut b, &u).cpu;
+            } else {
+                let spool = r.join(format!("spool-e2e-{round}"));
+                let mut all = sets.to_vec();
+                all.push(format!("companion_path={}", exe().display()));
+                let mut e = run_cmd(
+                    timed(&u, &bin),
+                    &addr,
+                    &r.join(format!("sbx-e2e-{round}")),
+                    &spool,
+                    "bench-e2e",
+                    &all,
+                )
+                .arg("--")
+                .arg("cat")
+                .arg(&input)
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+                let run = wait_usage(&mut e, &u);
+                let comp = read_usage(&spool.join("companion.usage"));
+                e2e = (run.cpu + comp.cpu, comp.cpu, run.wall);
+            }
+        }
+        let ratio = e2e.0 / bare_cpu;
+        println!(
+            "| round {round} | end to end {:.2} CPU s (companion {:.2}), {:.0} k lines/s | bare {bare_cpu:.2} CPU s | {ratio:.2}x |",
+            e2e.0,
+            e2e.1,
+            LINES as f64 / e2e.2 / 1e3
+        );
+        ratios.push(ratio);
+    }
+    println!(
+        "median end to end / bare CPU: {:.2}x",
+        percentile(&mut ratios, 0.5)
+    );
 }
 
 /// `run -- cat` with the in-flight window binding (`max_in_flight_bytes=1MB`)
@@ -759,9 +844,16 @@ fn consume_latency(addr: &str, topic: &str, n: usize) -> Vec<f64> {
 
 /// A bare librdkafka producer with the publisher's settings, sending every
 /// line of `file` and waiting for every delivery.
-fn bare(addr: &str, topic: &str, file: &Path) {
+/// The reference: a bare librdkafka producer with our settings (and the
+/// `kafka.key=value` overrides in `sets`) sending pre-encoded GELF lines.
+fn bare(addr: &str, topic: &str, file: &Path, sets: &[String]) {
     let mut props = BTreeMap::new();
     props.insert("bootstrap.servers".to_string(), addr.to_string());
+    for s in sets {
+        if let Some((k, v)) = s.strip_prefix("kafka.").and_then(|s| s.split_once('=')) {
+            props.insert(k.to_string(), v.to_string());
+        }
+    }
     let p: BaseProducer = client_config(&props).create().unwrap();
     let f = std::io::BufReader::new(std::fs::File::open(file).unwrap());
     for line in f.lines() {
