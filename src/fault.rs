@@ -33,6 +33,31 @@ pub fn hit(point: &str) {
 #[inline(always)]
 pub fn hit(_point: &str) {}
 
+/// Whether `GELF_FAULT_INJECT` names `point` (read once per process), for
+/// faults that last rather than panic. Points: `fence` (the Kafka sink
+/// reports every delivery as the broker fencing the producer, as a broker
+/// that fences every new producer would).
+#[cfg(feature = "fault-injection")]
+pub fn active(point: &str) -> bool {
+    static POINTS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    POINTS
+        .get_or_init(|| {
+            std::env::var("GELF_FAULT_INJECT")
+                .unwrap_or_default()
+                .split(',')
+                .map(|p| p.trim().to_string())
+                .collect()
+        })
+        .iter()
+        .any(|p| p == point)
+}
+
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub fn active(_point: &str) -> bool {
+    false
+}
+
 /// The delay asked for at `point` by `GELF_FAULT_DELAY` (see above), the
 /// first time it is asked for; 0 after that, and without the feature.
 #[cfg(feature = "fault-injection")]

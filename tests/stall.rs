@@ -596,6 +596,80 @@ fn a_refused_topic_does_not_hold_back_a_busy_neighbour() {
     );
 }
 
+/// A broker that fences every producer (fault injection: each delivery
+/// reads as ProducerFenced) gets a new producer at once, then after 1 s,
+/// 2 s ...: not a loop of producers and connections. Nothing counts as
+/// delivered, nothing leaves the spool, the log says it once, SIGTERM ends
+/// it, and a publisher without the fault then ships every line.
+#[cfg(feature = "fault-injection")]
+#[test]
+fn a_producer_fenced_for_good_is_rebuilt_with_backoff_not_in_a_loop() {
+    let broker = Broker::start();
+    let d = tempfile::tempdir().unwrap();
+    let spool = d.path().join("spool");
+    spool_lines(&spool, &d.path().join("a"), "c-fenced", 200, json!({}));
+    let err = d.path().join("stderr");
+    let t0 = std::time::Instant::now();
+    let mut p = publish(
+        &spool,
+        &broker.addr(),
+        &["--set", "metrics_interval_ms=100"],
+    )
+    .env("GELF_FAULT_INJECT", "fence")
+    .stdout(std::process::Stdio::null())
+    .stderr(std::fs::File::create(&err).unwrap())
+    .spawn()
+    .unwrap();
+    let metrics = || {
+        std::fs::read(spool.join("metrics.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .unwrap_or_default()
+    };
+    while metrics()["producer_rebuilds"].as_u64().unwrap_or(0) < 3 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "fewer than 3 rebuilds in 60 s: {}",
+            metrics()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The first at once, the second after 1 s, the third after 2 more.
+    assert!(
+        t0.elapsed() >= Duration::from_secs(3),
+        "3 rebuilds in {:?}: {}",
+        t0.elapsed(),
+        metrics()
+    );
+    unsafe { libc::kill(p.id() as i32, libc::SIGTERM) };
+    let st = wait_child(&mut p, Duration::from_secs(20));
+    if st.is_none() {
+        let _ = p.kill();
+    }
+    assert!(st.is_some_and(|s| s.success()), "SIGTERM ignored: {st:?}");
+    let m = metrics();
+    assert_eq!(m["records_published"], 0, "{m}");
+    let log = std::fs::read_to_string(&err).unwrap();
+    assert!(
+        log.contains("ProducerFenced") && log.lines().count() < 5,
+        "{log}"
+    );
+    assert!(spool.join("c-fenced/data").is_dir(), "kept in the spool");
+    let ran = run_bounded(
+        &mut publish(&spool, &broker.addr(), &["--until-empty"]),
+        Duration::from_secs(120),
+    );
+    ran.assert_code(0);
+    let mut w = SeqWatch::new(&[("c-fenced", 200)]);
+    consume_until(
+        &broker.addr(),
+        "application_log",
+        Duration::from_secs(60),
+        Duration::ZERO,
+        |m| w.add(m),
+    );
+}
+
 /// A CA, a certificate for localhost signed by it, one for another host
 /// signed by it, and an unrelated CA.
 struct Certs {

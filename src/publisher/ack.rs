@@ -80,6 +80,7 @@ impl Publisher {
                 self.health.delivered();
                 self.acked_in_poll = true;
                 self.rebuild_after = super::REBUILD_STALLED_AFTER;
+                self.broken_rebuilds.0 = 0;
                 return;
             }
             // The sink is rebuilt before the next send (`fatal`), which
@@ -151,6 +152,7 @@ impl Publisher {
             format!("sink failed ({why}); rebuilding it and resending everything unacknowledged")
         });
         self.metrics.set_error(Some(why.to_string()));
+        Metrics::add(&self.metrics.producer_rebuilds, 1);
         loop {
             match (self.make_sink)() {
                 Ok(s) => {

@@ -70,7 +70,10 @@ impl ProducerContext for Ctx {
     type DeliveryOpaque = usize;
 
     fn delivery(&self, result: &DeliveryResult<'_>, slot: usize) {
+        let fenced = KafkaError::MessageProduction(RDKafkaErrorCode::ProducerFenced);
         let result = match result {
+            // Fault injection: a broker that fences every producer.
+            Ok(_) if crate::fault::active("fence") => Err(self.fence(&fenced)),
             Ok(_) => Ok(()),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), m)) => {
                 Err(DeliveryError::TooLarge(format!(
@@ -84,18 +87,23 @@ impl ProducerContext for Ctx {
             // the same way (tansu fences after a batch it refused). The
             // producer is broken, not the record: say so, and `fatal`
             // has it rebuilt.
-            Err((e @ KafkaError::MessageProduction(RDKafkaErrorCode::ProducerFenced), _)) => {
-                let text = e.to_string();
-                if let Ok(mut f) = self.fenced.lock() {
-                    f.get_or_insert_with(|| text.clone());
-                }
-                Err(DeliveryError::SinkBroken(text))
-            }
+            Err((e, _)) if *e == fenced => Err(self.fence(e)),
             Err((e, _)) => Err(DeliveryError::Other(e.to_string())),
         };
         if let Ok(mut d) = self.deliveries.lock() {
             d.push((slot, result));
         }
+    }
+}
+
+impl Ctx {
+    /// Marks the producer fenced (see `delivery`): `fatal` reports it.
+    fn fence(&self, e: &KafkaError) -> DeliveryError {
+        let text = e.to_string();
+        if let Ok(mut f) = self.fenced.lock() {
+            f.get_or_insert_with(|| text.clone());
+        }
+        DeliveryError::SinkBroken(text)
     }
 }
 

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 
 /// Names of the plain metrics (see README's metric table).
-const BASE_NAMES: [&str; 20] = [
+const BASE_NAMES: [&str; 21] = [
     "records_published",
     "bytes_published",
     "records_in_flight",
@@ -36,6 +36,7 @@ const BASE_NAMES: [&str; 20] = [
     "delivery_latency_p50_us",
     "delivery_latency_p99_us",
     "delivery_latency_max_us",
+    "producer_rebuilds",
 ];
 
 #[derive(Default)]
@@ -64,6 +65,9 @@ pub struct Metrics {
     pub companions_running: AtomicU64,
     /// Companions that died before their container's output ended.
     pub companions_died: AtomicU64,
+    /// Times the sink (the Kafka producer) was rebuilt: it broke (fenced,
+    /// a fatal error) or nothing was acknowledged for long.
+    pub producer_rebuilds: AtomicU64,
     /// Times the publisher thread panicked and was restarted.
     pub publisher_restarts: AtomicU64,
     /// Containers started without a spool (it could not be created):
@@ -114,6 +118,7 @@ impl Metrics {
             &self.latency_p50_us,
             &self.latency_p99_us,
             &self.latency_max_us,
+            &self.producer_rebuilds,
         ]
     }
 

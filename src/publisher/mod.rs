@@ -47,6 +47,10 @@ use health::{Health, STALL_AFTER};
 /// Harmless when the broker is simply down: the new producer waits too.
 const REBUILD_STALLED_AFTER: Duration = Duration::from_secs(30);
 const REBUILD_STALLED_MAX: Duration = Duration::from_secs(600);
+/// A sink that breaks again (a broker that fences every new producer) is
+/// rebuilt after 1 s, doubling to this, until a delivery succeeds: not in
+/// a loop of new producers and connections.
+const REBUILD_BROKEN_MAX: Duration = Duration::from_secs(60);
 use metrics::Metrics;
 use sink::{Delivery, DeliveryError, SendError, Sink, Ticket};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -266,6 +270,9 @@ pub struct Publisher {
     /// How long a stall may last before the sink is rebuilt (doubles after
     /// each rebuild, back to [`REBUILD_STALLED_AFTER`] on a delivery).
     rebuild_after: Duration,
+    /// Rebuilds of a broken sink since the last successful delivery, and
+    /// when the last one was (see [`REBUILD_BROKEN_MAX`]).
+    broken_rebuilds: (u32, Option<Instant>),
     /// The sink said its destination is gone for good.
     closed: Option<String>,
     scratch: Vec<u8>,
@@ -328,6 +335,7 @@ impl Publisher {
             latency: Default::default(),
             poll_now_us: 0,
             rebuild_after: REBUILD_STALLED_AFTER,
+            broken_rebuilds: (0, None),
             closed: None,
             scratch: Vec::with_capacity(64 * 1024),
         })
@@ -423,9 +431,18 @@ impl Publisher {
                 self.check_companions();
                 self.update_pending_metrics();
             }
-            if let Some(f) = self.sink.fatal() {
-                self.rebuild_sink(&f);
-            }
+            // A broken sink takes nothing until it is rebuilt (what is
+            // sent to it now fails too); the loop still waits below.
+            let broken = match self.sink.fatal() {
+                Some(f) if self.broken_rebuild_due() => {
+                    self.broken_rebuilds.0 += 1;
+                    self.broken_rebuilds.1 = Some(Instant::now());
+                    self.rebuild_sink(&f);
+                    false
+                }
+                Some(_) => true,
+                None => false,
+            };
             let every = if self.budget_near {
                 budget::CHECK_NEAR
             } else {
@@ -435,8 +452,10 @@ impl Publisher {
                 last_budget = Instant::now();
                 self.enforce_budget();
             }
-            self.send_orphans();
-            let progress = self.pump_all();
+            let progress = !broken && {
+                self.send_orphans();
+                self.pump_all()
+            };
             // Never a blocking poll: rust-rdkafka's BaseProducer::poll spins
             // on the clock until its timeout (seen at ~10% of a core while
             // the broker was down). We wait on inotify below instead.
@@ -558,6 +577,18 @@ impl Publisher {
         if !again.is_empty() {
             if let Ok(mut v) = self.opts.orphans.lock() {
                 v.extend(again);
+            }
+        }
+    }
+
+    /// Whether a broken sink may be rebuilt now: at once the first time
+    /// after a delivery, then 1 s, 2 s ... up to [`REBUILD_BROKEN_MAX`].
+    fn broken_rebuild_due(&self) -> bool {
+        match self.broken_rebuilds {
+            (0, _) | (_, None) => true,
+            (n, Some(t)) => {
+                let wait = Duration::from_secs(1 << (n - 1).min(6)).min(REBUILD_BROKEN_MAX);
+                t.elapsed() >= wait
             }
         }
     }
