@@ -315,20 +315,7 @@ fn main() {
     // the three in turn, in a rotating order; each figure is the median of
     // the rounds, and each ratio is taken within a round (this machine's
     // speed drifts between rounds by more than the differences measured).
-    // The same records, pre-encoded as GELF (stdout sink of `run`), for
-    // the bare producer.
-    let gelf = r.join("gelf.txt");
-    let out = std::fs::File::create(&gelf).unwrap();
-    let st = Command::new(&bin)
-        .args(["run", "--sandbox"])
-        .arg(r.join("sbx-enc"))
-        .arg("--")
-        .arg("cat")
-        .arg(&input)
-        .stdout(out)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    let gelf = pre_encode(&bin, r, &input);
     let gelf_bytes = std::fs::metadata(&gelf).unwrap().len();
     const ROUNDS: usize = 3;
     let (mut pubs, mut bares, mut runs, mut comps) = (vec![], vec![], vec![], vec![]);
@@ -378,25 +365,10 @@ fn main() {
                     pubs.push(wait_usage(&mut p, &u));
                 }
                 _ => {
-                    // `run` of a fast generator (cat); the companion is
-                    // measured by a wrapper (`companion_path` = this bench).
-                    let spool3 = r.join(format!("spool3-{round}"));
-                    let mut e = run_cmd(
-                        timed(&u, &bin),
-                        &addr,
-                        &r.join(format!("sbx3-{round}")),
-                        &spool3,
-                        "bench-e2e",
-                        &[format!("companion_path={}", exe().display())],
-                    )
-                    .arg("--")
-                    .arg("cat")
-                    .arg(&input)
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .unwrap();
-                    runs.push(wait_usage(&mut e, &u));
-                    comps.push(read_usage(&spool3.join("companion.usage")));
+                    let (run, comp) =
+                        e2e_once(&bin, &addr, r, &input, &format!("-e2e-{round}"), &[]);
+                    runs.push(run);
+                    comps.push(comp);
                 }
             }
         }
@@ -490,6 +462,39 @@ fn run_cmd(
     c
 }
 
+/// One `run -- cat INPUT` to Kafka (topic `bench<tag>`) with `sets`: the
+/// usage of `run` (with its publisher and `cat`) and of its companion,
+/// which a wrapper measures (`companion_path` = this bench).
+fn e2e_once(
+    bin: &Path,
+    addr: &str,
+    r: &Path,
+    input: &Path,
+    tag: &str,
+    sets: &[String],
+) -> (Usage, Usage) {
+    let u = r.join(format!("usage-{tag}"));
+    let spool = r.join(format!("spool{tag}"));
+    let mut all = sets.to_vec();
+    all.push(format!("companion_path={}", exe().display()));
+    let mut e = run_cmd(
+        timed(&u, bin),
+        addr,
+        &r.join(format!("sbx{tag}")),
+        &spool,
+        &format!("bench{tag}"),
+        &all,
+    )
+    .arg("--")
+    .arg("cat")
+    .arg(input)
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    let run = wait_usage(&mut e, &u);
+    (run, read_usage(&spool.join("companion.usage")))
+}
+
 /// Only the end-to-end comparison, with librdkafka settings to try
 /// (`--set kafka.linger.ms=20`) applied to both sides: `rounds` pairs of
 /// the bare producer and `run -- cat`, each pair on a fresh broker, in
@@ -500,17 +505,7 @@ fn e2e_rounds(rounds: usize, sets: &[String]) {
     let r = root.path();
     let input = r.join("input.txt");
     make_input(&input);
-    let gelf = r.join("gelf.txt");
-    let st = Command::new(&bin)
-        .args(["run", "--sandbox"])
-        .arg(r.join("sbx-enc"))
-        .arg("--")
-        .arg("cat")
-        .arg(&input)
-        .stdout(std::fs::File::create(&gelf).unwrap())
-        .status()
-        .unwrap();
-    assert!(st.success());
+    let gelf = pre_encode(&bin, r, &input);
     let u = r.join("usage");
     let mut ratios = Vec::new();
     println!("end to end against the bare producer, settings {sets:?}");
@@ -528,25 +523,7 @@ fn e2e_rounds(rounds: usize, sets: &[String]) {
                     .unwrap();
                 bare_cpu = wait_usage(&mut b, &u).cpu;
             } else {
-                let spool = r.join(format!("spool-e2e-{round}"));
-                let mut all = sets.to_vec();
-                all.push(format!("companion_path={}", exe().display()));
-                let mut e = run_cmd(
-                    timed(&u, &bin),
-                    &addr,
-                    &r.join(format!("sbx-e2e-{round}")),
-                    &spool,
-                    "bench-e2e",
-                    &all,
-                )
-                .arg("--")
-                .arg("cat")
-                .arg(&input)
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-                let run = wait_usage(&mut e, &u);
-                let comp = read_usage(&spool.join("companion.usage"));
+                let (run, comp) = e2e_once(&bin, &addr, r, &input, &format!("-e2e-{round}"), sets);
                 e2e = (run.cpu + comp.cpu, comp.cpu, run.wall);
             }
         }
@@ -570,26 +547,11 @@ fn e2e_rounds(rounds: usize, sets: &[String]) {
 /// must let the publisher send again at once, not after its fallback wait.
 fn window_bound(bin: &Path, addr: &str, r: &Path, input: &Path) {
     let run = |window: Option<&str>, tag: &str| {
-        let u = r.join(format!("window-{tag}.usage"));
         let sets: Vec<String> = window
             .map(|w| format!("max_in_flight_bytes={w}"))
             .into_iter()
             .collect();
-        let mut child = run_cmd(
-            timed(&u, bin),
-            addr,
-            &r.join(format!("sbx-window-{tag}")),
-            &r.join(format!("spool-window-{tag}")),
-            &format!("bench-window-{tag}"),
-            &sets,
-        )
-        .arg("--")
-        .arg("cat")
-        .arg(input)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-        wait_usage(&mut child, &u)
+        e2e_once(bin, addr, r, input, &format!("-window-{tag}"), &sets).0
     };
     let full = run(None, "default");
     let small = run(Some("1MB"), "1mb");
@@ -844,6 +806,23 @@ fn consume_latency(addr: &str, topic: &str, n: usize) -> Vec<f64> {
 
 /// A bare librdkafka producer with the publisher's settings, sending every
 /// line of `file` and waiting for every delivery.
+/// The same records, pre-encoded as GELF (the stdout sink of `run`), for
+/// the bare producer: `<r>/gelf.txt`.
+fn pre_encode(bin: &Path, r: &Path, input: &Path) -> PathBuf {
+    let gelf = r.join("gelf.txt");
+    let st = Command::new(bin)
+        .args(["run", "--sandbox"])
+        .arg(r.join("sbx-enc"))
+        .arg("--")
+        .arg("cat")
+        .arg(input)
+        .stdout(std::fs::File::create(&gelf).unwrap())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    gelf
+}
+
 /// The reference: a bare librdkafka producer with our settings (and the
 /// `kafka.key=value` overrides in `sets`) sending pre-encoded GELF lines.
 fn bare(addr: &str, topic: &str, file: &Path, sets: &[String]) {

@@ -524,46 +524,15 @@ fn gives_up_on_c_bad_and_ships_c_good(
 /// they are sent: that container is named with the broker's cause and
 /// kept in the spool, `publish --until-empty` ends with status 3 after
 /// `--give-up-after` (it waited forever when this was not a permanent
-/// cause), and the other container ships.
+/// cause), and the other container ships. tansu also fences the
+/// idempotent producer after each refused batch, after which every record
+/// of every container failed: a busy neighbour stalled (helper-8: 100,000
+/// records, after ~10,000, blamed on it, and `--until-empty` never ended).
+/// The producer is rebuilt instead, and only the refused container waits.
 #[test]
-fn records_the_broker_refuses_are_named_kept_and_given_up_on() {
+fn records_the_broker_refuses_are_named_kept_and_hold_back_no_neighbour() {
     let schemas = tempfile::tempdir().unwrap();
     // GELF has no field `zzz`: every record on topic `strict` fails.
-    std::fs::write(
-        schemas.path().join("strict.json"),
-        r#"{"type":"object","properties":{"value":{"type":"object","properties":{"zzz":{"type":"integer"}},"required":["zzz"]}}}"#,
-    )
-    .unwrap();
-    let broker = Broker::start_with_schemas(schemas.path());
-    let d = tempfile::tempdir().unwrap();
-    let spool = d.path().join("spool");
-    let topic = |t: &str| json!({"task_info": {"name": t, "task_id": {"value": t}, "labels": {"labels": [{"key": "gelf.topic", "value": t}]}}});
-    spool_lines(&spool, &d.path().join("a"), "c-bad", 100, topic("strict"));
-    spool_lines(&spool, &d.path().join("b"), "c-good", 3000, topic("good"));
-    let (err, m) = gives_up_on_c_bad_and_ships_c_good(&broker, &spool, 12, 3000);
-    assert!(
-        err.contains("container c-bad, topic strict")
-            && err.contains("the broker refuses the records"),
-        "{err}"
-    );
-    assert!(
-        err.contains("giving up after 5 s of a permanent error (rejected: the broker refuses"),
-        "names the cause, not the producer's fencing that follows it: {err}"
-    );
-    assert!(m["kafka_errors/rejected"].as_u64().unwrap() >= 1, "{m}");
-    // tansu fences the idempotent producer after the refused batch; the
-    // producer is rebuilt, which is not the agent losing Kafka.
-    assert_eq!(m["kafka_reachable"], 1, "{m}");
-}
-
-/// tansu fences the idempotent producer after each refused batch: every
-/// record of every container in flight then fails and is sent again by a
-/// new producer. A refused container must not keep doing that to a busy
-/// neighbour (helper-8: 100,000 records stalled after ~10,000, blamed on
-/// the neighbour, and `--until-empty` never ended).
-#[test]
-fn a_refused_topic_does_not_hold_back_a_busy_neighbour() {
-    let schemas = tempfile::tempdir().unwrap();
     std::fs::write(
         schemas.path().join("strict.json"),
         r#"{"type":"object","properties":{"value":{"type":"object","properties":{"zzz":{"type":"integer"}},"required":["zzz"]}}}"#,
@@ -581,10 +550,15 @@ fn a_refused_topic_does_not_hold_back_a_busy_neighbour() {
         100_000,
         topic("good"),
     );
-    let (err, _) = gives_up_on_c_bad_and_ships_c_good(&broker, &spool, 12, 100_000);
+    let (err, m) = gives_up_on_c_bad_and_ships_c_good(&broker, &spool, 12, 100_000);
+    assert!(
+        err.contains("container c-bad, topic strict")
+            && err.contains("the broker refuses the records"),
+        "{err}"
+    );
     assert!(
         err.contains("giving up after 5 s of a permanent error (rejected: the broker refuses"),
-        "{err}"
+        "names the cause, not the producer's fencing that follows it: {err}"
     );
     assert!(
         !err.contains("c-good"),
@@ -594,6 +568,9 @@ fn a_refused_topic_does_not_hold_back_a_busy_neighbour() {
         err.contains("undelivered records of 1 container(s) (c-bad) remain in"),
         "the one left is named: {err}"
     );
+    assert!(m["kafka_errors/rejected"].as_u64().unwrap() >= 1, "{m}");
+    // The rebuilt producer is not the agent losing Kafka.
+    assert_eq!(m["kafka_reachable"], 1, "{m}");
 }
 
 /// A broker that fences every producer (fault injection: each delivery
