@@ -5,6 +5,7 @@
 //!
 //! Points: `prepare` (inside the bridge's prepare), `publisher` (the
 //! publisher loop, once per process: the supervisor must restart it).
+//! [`active`] reads the same variable for faults that last: `fence`.
 //!
 //! `GELF_FAULT_DELAY=<point>=<ms>[,...]` makes [`delay_ms`] return that
 //! delay, which the code at the point sleeps once, to widen a race as a
