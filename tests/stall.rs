@@ -571,6 +571,214 @@ fn records_the_broker_refuses_are_named_kept_and_hold_back_no_neighbour() {
     assert!(m["kafka_errors/rejected"].as_u64().unwrap() >= 1, "{m}");
     // The rebuilt producer is not the agent losing Kafka.
     assert_eq!(m["kafka_reachable"], 1, "{m}");
+    // Its records wait between probes, and say how long (helper-9: 0 and
+    // null, so an alert on it never fired).
+    assert!(m["oldest_pending_age_ms"].as_u64().unwrap() > 0, "{m}");
+    assert!(
+        m["containers"]["c-bad"]["oldest_pending_age_ms"].as_u64() > Some(0),
+        "{m}"
+    );
+}
+
+/// A topic whose records the broker refuses, as a file for tansu's
+/// schema registry (`Broker::start_with_schemas`): GELF has no `zzz`.
+fn refuse_topic(schemas: &Path, topic: &str) {
+    std::fs::write(
+        schemas.join(format!("{topic}.json")),
+        r#"{"type":"object","properties":{"value":{"type":"object","properties":{"zzz":{"type":"integer"}},"required":["zzz"]}}}"#,
+    )
+    .unwrap();
+}
+
+fn on_topic(t: &str) -> Value {
+    json!({"task_info": {"name": t, "task_id": {"value": t}, "labels": {"labels": [{"key": "gelf.topic", "value": t}]}}})
+}
+
+fn read_metrics(spool: &Path) -> Value {
+    std::fs::read(spool.join("metrics.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .unwrap_or_default()
+}
+
+/// Ten refused containers probe one after another, each fencing the
+/// producer: those breaks are explained and rebuilt at once, so a healthy
+/// container that comes later ships at once (helper-9: the breaks pushed
+/// the rebuild backoff to a minute, and it waited 104 s).
+#[test]
+fn many_refused_containers_do_not_starve_one_that_comes_later() {
+    let schemas = tempfile::tempdir().unwrap();
+    refuse_topic(schemas.path(), "strict");
+    let broker = Broker::start_with_schemas(schemas.path());
+    let d = tempfile::tempdir().unwrap();
+    let spool = d.path().join("spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    let mut p = publish(
+        &spool,
+        &broker.addr(),
+        &["--set", "metrics_interval_ms=100"],
+    )
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
+    let t0 = std::time::Instant::now();
+    // One after another, so their probes (1 s, 2 s, 4 s ... after each
+    // one's first refusal) do not come together.
+    for i in 0..10 {
+        let id = format!("c-bad{i}");
+        spool_lines(&spool, &d.path().join(&id), &id, 50, on_topic("strict"));
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    // Their probes keep fencing the producer.
+    while read_metrics(&spool)["producer_rebuilds"]
+        .as_u64()
+        .unwrap_or(0)
+        < 15
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(90),
+            "{}",
+            read_metrics(&spool)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    spool_lines(
+        &spool,
+        &d.path().join("g"),
+        "c-late",
+        1000,
+        on_topic("late"),
+    );
+    let mut w = SeqWatch::new(&[("c-late", 1000)]);
+    // Generous, yet well short of the minute the backoff reached.
+    consume_until(
+        &broker.addr(),
+        "late",
+        Duration::from_secs(30),
+        Duration::ZERO,
+        |m| w.add(m),
+    );
+    unsafe { libc::kill(p.id() as i32, libc::SIGTERM) };
+    let st = wait_child(&mut p, Duration::from_secs(20));
+    if st.is_none() {
+        let _ = p.kill();
+    }
+    assert!(st.is_some_and(|s| s.success()), "{st:?}");
+    let m = read_metrics(&spool);
+    assert_eq!(m["kafka_reachable"], 1, "{m}");
+}
+
+/// Refused records seen before the broker went down are not a reason to
+/// give up while it is down: the schema may be fixed by the time it is
+/// back (helper-9: it gave up as "rejected" while Kafka was unreachable).
+#[test]
+fn a_refused_container_is_waited_for_while_the_broker_is_down() {
+    let schemas = tempfile::tempdir().unwrap();
+    refuse_topic(schemas.path(), "strict");
+    let mut broker = Broker::start_with_schemas(schemas.path());
+    let d = tempfile::tempdir().unwrap();
+    let spool = d.path().join("spool");
+    spool_lines(&spool, &d.path().join("a"), "c-bad", 50, on_topic("strict"));
+    let err = d.path().join("stderr");
+    let mut p = publish(
+        &spool,
+        &broker.addr(),
+        &[
+            "--until-empty",
+            "--give-up-after",
+            "3",
+            "--set",
+            "metrics_interval_ms=100",
+        ],
+    )
+    .stdout(std::process::Stdio::null())
+    .stderr(std::fs::File::create(&err).unwrap())
+    .spawn()
+    .unwrap();
+    let t0 = std::time::Instant::now();
+    while read_metrics(&spool)["kafka_errors/rejected"]
+        .as_u64()
+        .unwrap_or(0)
+        < 1
+    {
+        assert!(t0.elapsed() < Duration::from_secs(60), "never refused");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    broker.kill();
+    while read_metrics(&spool)["kafka_reachable"] != 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "still reachable: {}",
+            read_metrics(&spool)
+        );
+        assert!(
+            p.try_wait().unwrap().is_none(),
+            "gave up: {}",
+            std::fs::read_to_string(&err).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Down and known to be: three times --give-up-after later, it waits.
+    let down = std::time::Instant::now();
+    while down.elapsed() < Duration::from_secs(9) {
+        assert!(
+            p.try_wait().unwrap().is_none(),
+            "gave up while Kafka is down: {}",
+            std::fs::read_to_string(&err).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    unsafe { libc::kill(p.id() as i32, libc::SIGTERM) };
+    let st = wait_child(&mut p, Duration::from_secs(20));
+    if st.is_none() {
+        let _ = p.kill();
+    }
+    assert!(spool.join("c-bad/data").is_dir(), "kept");
+}
+
+/// A refused container beside one whose output stays open (everything
+/// delivered): the give-up names both, the refused one's records as left,
+/// and comes after --give-up-after, not later (helper-9: only the open one
+/// was named, at 2.5x the time: each rebuild restarted its quiet clock).
+#[test]
+fn the_give_up_names_a_refused_container_beside_an_open_one() {
+    let schemas = tempfile::tempdir().unwrap();
+    refuse_topic(schemas.path(), "strict");
+    let broker = Broker::start_with_schemas(schemas.path());
+    let d = tempfile::tempdir().unwrap();
+    let spool = d.path().join("spool");
+    spool_lines(&spool, &d.path().join("a"), "c-bad", 50, on_topic("strict"));
+    let sbx = d.path().join("c");
+    std::fs::create_dir_all(&sbx).unwrap();
+    let cfg =
+        Config::from_pairs(&[("spool_dir", spool.to_str().unwrap()), ("topic", "open")]).unwrap();
+    let logger = Logger::new(cfg, bin()).unwrap();
+    let j = json!({"directory": sbx.display().to_string()});
+    let p = logger.prepare("c-open", &j.to_string(), None).unwrap();
+    let mut out = std::fs::File::from(p.stdout);
+    writeln!(out, "1").unwrap();
+    let ran = run_bounded(
+        &mut publish(
+            &spool,
+            &broker.addr(),
+            &["--until-empty", "--give-up-after", "5"],
+        ),
+        Duration::from_secs(120),
+    );
+    ran.assert_code(3);
+    let err = ran.stderr();
+    assert!(
+        err.contains("giving up on c-open") && err.contains("still open"),
+        "{err}"
+    );
+    assert!(
+        err.contains("giving up after 5 s of a permanent error (rejected")
+            && err.contains("undelivered records of 1 container(s) (c-bad) remain"),
+        "{err}"
+    );
+    drop(out);
+    drop(p.stderr);
 }
 
 /// A broker that fences every producer (fault injection: each delivery
@@ -618,6 +826,16 @@ fn a_producer_fenced_for_good_is_rebuilt_with_backoff_not_in_a_loop() {
         t0.elapsed(),
         metrics()
     );
+    // Nothing delivered for 10 s: as good as unreachable (helper-9: it
+    // read 1 throughout).
+    while metrics()["kafka_reachable"] != 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(90),
+            "still reachable: {}",
+            metrics()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     unsafe { libc::kill(p.id() as i32, libc::SIGTERM) };
     let st = wait_child(&mut p, Duration::from_secs(20));
     if st.is_none() {

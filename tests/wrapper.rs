@@ -420,3 +420,26 @@ fn publish_until_empty_on_a_missing_spool_directory_is_an_error() {
     assert!(ran.stderr().contains("does not exist"), "{}", ran.stderr());
     assert!(!missing.exists(), "not made");
 }
+
+#[test]
+fn a_container_id_with_control_characters_is_refused_not_printed_raw() {
+    // helper-9: `run` printed the id raw in its last message, so a newline
+    // and an escape in it forged a line of ours.
+    let d = tempfile::tempdir().unwrap();
+    let ran = run_bounded(
+        Command::new(bin())
+            .current_dir(d.path())
+            .args([
+                "run",
+                "--container-id",
+                "evil\nmesos-gelf: all delivered\x1b[31m",
+            ])
+            .args(["--", "echo", "hi"]),
+        Duration::from_secs(60),
+    );
+    ran.assert_code(2);
+    let err = ran.stderr();
+    assert!(err.contains("no control characters"), "{err}");
+    assert!(!err.contains('\x1b') && err.lines().count() == 1, "{err:?}");
+    assert!(ran.stdout.is_empty(), "the command did not run");
+}

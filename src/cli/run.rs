@@ -245,6 +245,13 @@ pub fn run(a: RunArgs) -> Result<i32, String> {
             .unwrap_or_default();
         format!("run-{}-{}", std::process::id(), t.as_millis())
     });
+    // It is printed in our messages: a newline or an escape in it could
+    // forge a line of ours (helper-9).
+    if container_id.is_empty() || container_id.chars().any(char::is_control) {
+        return Err(format!(
+            "--container-id {container_id:?}: must be non-empty and hold no control characters (newline, tab, escape)"
+        ));
+    }
     let exe = std::env::current_exe().map_err(|e| format!("cannot find our own binary: {e}"))?;
     let companion = config.companion_path.clone().unwrap_or_else(|| {
         exe.parent()

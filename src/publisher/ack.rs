@@ -22,6 +22,7 @@ fn mark_acked(c: &mut Container, index: u64, delivered: Option<(&mut Latency, i6
     }
     while c.inflight.front().is_some_and(|e| e.acked) {
         let e = c.inflight.pop_front().expect("front");
+        c.rewound_ts = None;
         c.inflight_bytes = c.inflight_bytes.saturating_sub(e.bytes);
         c.acked = e.pos;
         c.acked_since_store += 1;
@@ -81,6 +82,7 @@ impl Publisher {
                 self.acked_in_poll = true;
                 self.rebuild_after = super::REBUILD_STALLED_AFTER;
                 self.broken_rebuilds.0 = 0;
+                self.broken_since = None;
                 return;
             }
             // The sink is rebuilt before the next send (`fatal`), which
@@ -88,6 +90,8 @@ impl Publisher {
             // one is neither failing nor backed off.
             Err(DeliveryError::SinkBroken(_)) => {
                 Metrics::add(&self.metrics.failed, 1);
+                // Sent again by the rebuilt sink; not in flight meanwhile.
+                Metrics::add(&self.metrics.retried, c.rewind());
                 return;
             }
             Err(DeliveryError::TooLarge(m)) | Err(DeliveryError::Other(m)) => m,
@@ -95,6 +99,11 @@ impl Publisher {
         Metrics::add(&self.metrics.failed, 1);
         let (k, topic) = (c.key.clone(), c.topic.clone());
         let cause = self.health.container_error(&k, &topic, &text);
+        if cause == Cause::Rejected {
+            // tansu fences the producer after refusing a batch: that
+            // break is explained, and the refused container backs off.
+            self.rejected_since_rebuild = true;
+        }
         if cause == Cause::TooLarge && c.encoder.max_bytes() <= MIN_MESSAGE_BYTES {
             // The broker refuses even the floor form: this record is
             // dropped, counted and reported; the others stay in flight.
@@ -123,14 +132,7 @@ impl Publisher {
         }
         // Resend from the last acknowledged record, after a backoff; the
         // deliveries still due for this generation are ignored.
-        Metrics::add(&self.metrics.retried, c.inflight.len() as u64);
-        c.generation += 1;
-        c.inflight.clear();
-        c.inflight_bytes = 0;
-        c.held = None;
-        c.finished = false;
-        c.reader.seek(c.acked);
-        c.last_read = Instant::now();
+        Metrics::add(&self.metrics.retried, c.rewind());
         let wait = if cause == Cause::TooLarge {
             Duration::ZERO
         } else {
@@ -153,6 +155,7 @@ impl Publisher {
         });
         self.metrics.set_error(Some(why.to_string()));
         Metrics::add(&self.metrics.producer_rebuilds, 1);
+        self.rejected_since_rebuild = false;
         loop {
             match (self.make_sink)() {
                 Ok(s) => {
@@ -171,16 +174,9 @@ impl Publisher {
         self.in_flight_bytes = 0;
         self.in_flight_msgs = 0;
         for c in self.containers.values_mut() {
-            Metrics::add(&self.metrics.retried, c.inflight.len() as u64);
-            c.generation += 1;
-            c.inflight.clear();
-            c.inflight_bytes = 0;
-            c.held = None;
-            c.finished = false;
+            Metrics::add(&self.metrics.retried, c.rewind());
             c.may_have_data = true;
             c.notices.resend();
-            c.reader.seek(c.acked);
-            c.last_read = Instant::now();
         }
     }
 
@@ -201,6 +197,13 @@ impl Publisher {
                 .sum();
             self.in_flight_msgs > probes as u64
         };
+        // A sink that keeps breaking before any delivery (no rejection to
+        // explain it) is as good as a broker that does not answer.
+        if let Some(t) = self.broken_since {
+            if t.elapsed() >= STALL_AFTER {
+                self.health.stalled(t.elapsed());
+            }
+        }
         if !waiting {
             self.stall_since = None;
         } else if let Some(t) = self.stall_since {
@@ -371,12 +374,7 @@ impl Publisher {
                     .map(|m| m.len())
                     .unwrap_or(0);
             }
-            let ts = c
-                .inflight
-                .front()
-                .map(|e| e.ts_micros)
-                .or(c.held.as_ref().map(|h| h.0.ts_micros));
-            if let Some(t) = ts {
+            if let Some(t) = c.oldest_pending_ts() {
                 oldest = Some(oldest.map_or(t, |o| o.min(t)));
             }
         }

@@ -270,6 +270,7 @@ impl Publisher {
                 companion_gone: false,
                 refused: false,
                 last_read: Instant::now(),
+                rewound_ts: None,
                 spool_bytes: 0,
                 size_dirty: true,
             },

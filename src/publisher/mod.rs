@@ -215,12 +215,46 @@ struct Container {
     refused: bool,
     /// When a record was last read from its spool (or it was adopted).
     last_read: Instant,
+    /// The read time (`ts_micros`) of the oldest record sent and taken
+    /// back by a rewind, until the next acknowledgement: a container
+    /// waiting out a backoff still has records that old.
+    rewound_ts: Option<i64>,
 }
 
 impl Container {
     /// Records sent and not yet acknowledged (a failing container's probe).
     fn unacked(&self) -> usize {
         self.inflight.iter().filter(|e| !e.acked).count()
+    }
+
+    /// The read time of its oldest record not yet acknowledged, if it has
+    /// read one: in flight, held back, or taken back by a rewind.
+    fn oldest_pending_ts(&self) -> Option<i64> {
+        self.inflight
+            .front()
+            .map(|e| e.ts_micros)
+            .or(self.held.as_ref().map(|h| h.0.ts_micros))
+            .or(self.rewound_ts)
+    }
+
+    /// Takes back everything sent and not acknowledged: it is read again
+    /// from the last acknowledged record, and deliveries still due for it
+    /// are ignored. Returns how many records were taken back.
+    fn rewind(&mut self) -> u64 {
+        let n = self.inflight.len() as u64;
+        if n > 0 || self.held.is_some() {
+            self.rewound_ts = self.rewound_ts.or(self.oldest_pending_ts());
+            // Its quiet-time clock (give-up, orphans) restarts only when
+            // it had something out: an idle one is not made younger.
+            self.last_read = Instant::now();
+        }
+        self.generation += 1;
+        self.inflight.clear();
+        self.inflight_bytes = 0;
+        self.held = None;
+        self.finished = false;
+        self.reader.seek(self.acked);
+        n
     }
 }
 
@@ -273,6 +307,12 @@ pub struct Publisher {
     /// Rebuilds of a broken sink since the last successful delivery, and
     /// when the last one was (see [`REBUILD_BROKEN_MAX`]).
     broken_rebuilds: (u32, Option<Instant>),
+    /// A container's records were refused (`Rejected`) since the sink was
+    /// last built: a break that follows is explained by it.
+    rejected_since_rebuild: bool,
+    /// Since when the sink has broken without a rejection to explain it
+    /// and nothing was delivered (cleared by a delivery).
+    broken_since: Option<Instant>,
     /// The sink said its destination is gone for good.
     closed: Option<String>,
     scratch: Vec<u8>,
@@ -336,6 +376,8 @@ impl Publisher {
             poll_now_us: 0,
             rebuild_after: REBUILD_STALLED_AFTER,
             broken_rebuilds: (0, None),
+            rejected_since_rebuild: false,
+            broken_since: None,
             closed: None,
             scratch: Vec::with_capacity(64 * 1024),
         })
@@ -433,9 +475,17 @@ impl Publisher {
             }
             // A broken sink takes nothing until it is rebuilt (what is
             // sent to it now fails too); the loop still waits below.
+            // A break that follows a refused batch is rebuilt at once and
+            // does not count towards the backoff: the refused container
+            // waits out its own (helper-9: ten refused containers' probes
+            // pushed the backoff to a minute, starving a healthy one).
+            let explained = self.rejected_since_rebuild;
             let broken = match self.sink.fatal() {
-                Some(f) if self.broken_rebuild_due() => {
-                    self.broken_rebuilds.0 += 1;
+                Some(f) if explained || self.broken_rebuild_due() => {
+                    if !explained {
+                        self.broken_rebuilds.0 += 1;
+                        self.broken_since.get_or_insert_with(Instant::now);
+                    }
                     self.broken_rebuilds.1 = Some(Instant::now());
                     self.rebuild_sink(&f);
                     false
@@ -598,11 +648,10 @@ impl Publisher {
     /// destination is closed).
     fn gave_up(&self) -> Option<String> {
         let after = self.opts.give_up_after?;
-        let remaining = || {
-            // Named, so the operator knows which spools to look at (at
-            // most a few: the line must stay one line).
+        // Named, so the operator knows which spools to look at (at most a
+        // few: the line must stay one line).
+        let named = |mut names: Vec<&str>| {
             const NAMED: usize = 5;
-            let mut names: Vec<&str> = self.containers.values().map(|c| c.key.as_str()).collect();
             names.sort_unstable();
             let more = names.len().saturating_sub(NAMED);
             names.truncate(NAMED);
@@ -611,13 +660,17 @@ impl Publisher {
             } else {
                 String::new()
             };
+            format!("{}{more}", names.join(", "))
+        };
+        let remaining = |left: Vec<&str>| {
             format!(
-                "undelivered records of {} container(s) ({}{more}) remain in {}",
-                self.containers.len(),
-                names.join(", "),
+                "undelivered records of {} container(s) ({}) remain in {}",
+                left.len(),
+                named(left),
                 self.opts.spool_dir.display()
             )
         };
+        let all = || self.containers.values().map(|c| c.key.as_str()).collect();
         let closed = self.closed.clone().or_else(|| {
             self.containers.values().find_map(|c| match c.failing {
                 Some((health::Cause::Closed, _)) => Some("standard output closed".to_string()),
@@ -625,13 +678,17 @@ impl Publisher {
             })
         });
         if let Some(m) = closed {
-            return Some(format!("{m}; {}", remaining()));
+            return Some(format!("{m}; {}", remaining(all())));
         }
         if self.containers.is_empty() {
             return None;
         }
         let client = matches!(self.health.client_problem,
             Some((c, t)) if c.permanent() && t.elapsed() >= after);
+        // Kafka cannot be reached now (transport): a container's permanent
+        // cause seen before may be fixed by the time it is back (a schema
+        // changed while the broker restarted), so that is waited for.
+        let cut_off = matches!(self.health.client_problem, Some((c, _)) if !c.permanent());
         // Nothing to send, no `done`, nothing new for that long, and no
         // companion lock at all (a spool copied by hand, or left by a
         // version without the lock): it will not end by itself. (A
@@ -654,65 +711,78 @@ impl Publisher {
                 && c.held.is_none()
                 && !c.finished
                 && c.failing.is_none()
+                && c.rewound_ts.is_none()
                 && c.last_read.elapsed() >= after
                 && c.notices.is_empty()
                 && crate::spool::companion_alive(c.reader.dir()) == Some(true)
         };
-        let blocked = |c: &Container| {
-            let own = matches!(c.failing, Some((f, t)) if f.permanent() && t.elapsed() >= after);
-            own || orphan(c) || open(c) || (client && (!c.inflight.is_empty() || c.held.is_some()))
+        let own = |c: &Container| {
+            !cut_off && matches!(c.failing, Some((f, t)) if f.permanent() && t.elapsed() >= after)
         };
-        if !self.containers.values().all(blocked) {
+        let held_by_client = |c: &Container| client && (!c.inflight.is_empty() || c.held.is_some());
+        if !self
+            .containers
+            .values()
+            .all(|c| own(c) || orphan(c) || open(c) || held_by_client(c))
+        {
             return None;
         }
-        let orphans: Vec<&str> = self
-            .containers
-            .values()
-            .filter(|c| orphan(c))
-            .map(|c| c.key.as_str())
-            .collect();
-        let open: Vec<&str> = self
-            .containers
-            .values()
-            .filter(|c| open(c))
-            .map(|c| c.key.as_str())
-            .collect();
-        if !open.is_empty() && !client && orphans.is_empty() {
-            return Some(format!(
+        let keys = |f: &dyn Fn(&Container) -> bool| -> Vec<&str> {
+            self.containers
+                .values()
+                .filter(|c| f(c))
+                .map(|c| c.key.as_str())
+                .collect()
+        };
+        let mut parts = Vec::new();
+        let opens = if client { vec![] } else { keys(&|c| open(c)) };
+        if !opens.is_empty() {
+            parts.push(format!(
                 "giving up on {}: everything written so far is delivered, but for {} s nothing new came and the output is still open (its companion is alive: a process of the command still holds its stdout or stderr); what it writes later waits in {} for the next publisher",
-                open.join(", "),
+                named(opens.clone()),
                 after.as_secs(),
                 self.opts.spool_dir.display()
             ));
         }
-        if !orphans.is_empty() && !client {
-            return Some(format!(
-                "giving up on {}: no new records for {} s, no `done` marker and no live companion (a spool copied by hand, or one whose companion is gone without a trace); {}",
-                orphans.join(", "),
+        let orphans = if client {
+            vec![]
+        } else {
+            keys(&|c| orphan(c) && !open(c))
+        };
+        if !orphans.is_empty() {
+            parts.push(format!(
+                "giving up on {}: no new records for {} s, no `done` marker and no live companion (a spool copied by hand, or one whose companion is gone without a trace)",
+                named(orphans.clone()),
                 after.as_secs(),
-                remaining()
             ));
         }
-        // The permanent cause that blocks a container, not the client's
-        // last error, which may be a consequence (an idempotent producer
-        // is fenced after its records were refused).
-        let own = self.containers.values().find_map(|c| match c.failing {
-            Some((f, _)) if f.permanent() => Some(format!("{}: {}", f.name(), f.what())),
-            _ => None,
-        });
-        let why = own.unwrap_or_else(|| {
-            self.metrics
-                .last_error
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone()
-                .unwrap_or_else(|| "permanent Kafka error".into())
-        });
-        Some(format!(
-            "giving up after {} s of a permanent error ({why}); {}",
-            after.as_secs(),
-            remaining()
-        ))
+        if opens.len() + orphans.len() < self.containers.len() {
+            // The permanent cause that blocks a container, not the
+            // client's last error, which may be a consequence (an
+            // idempotent producer is fenced after its records were refused).
+            let own_cause = self.containers.values().find_map(|c| match c.failing {
+                Some((f, _)) if own(c) => Some(format!("{}: {}", f.name(), f.what())),
+                _ => None,
+            });
+            let why = own_cause.unwrap_or_else(|| {
+                self.metrics
+                    .last_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone()
+                    .unwrap_or_else(|| "permanent Kafka error".into())
+            });
+            parts.push(format!(
+                "giving up after {} s of a permanent error ({why})",
+                after.as_secs()
+            ));
+        }
+        // Everything but the open ones (which delivered all they wrote).
+        let left = keys(&|c| !opens.contains(&c.key.as_str()));
+        if !left.is_empty() {
+            parts.push(remaining(left));
+        }
+        Some(parts.join("; "))
     }
 
     /// `<spool_dir>/metrics.json`: the agent-wide numbers, and per
@@ -736,10 +806,7 @@ impl Publisher {
             .values()
             .map(|c| {
                 let oldest = c
-                    .inflight
-                    .front()
-                    .map(|e| e.ts_micros)
-                    .or(c.held.as_ref().map(|h| h.0.ts_micros))
+                    .oldest_pending_ts()
                     .map(|t| (crate::spool::record::now_micros() - t).max(0) / 1000);
                 (
                     c.key.clone(),
