@@ -46,6 +46,38 @@ fn publish(spool: &Path, addr: &str, extra: &[&str]) -> Command {
     c
 }
 
+/// `publish --until-empty --give-up-after SECS`: it must end with status 3
+/// (gave up) within two minutes.
+fn gives_up(broker: &Broker, spool: &Path, secs: u32) -> Ran {
+    let ran = run_bounded(
+        &mut publish(
+            spool,
+            &broker.addr(),
+            &["--until-empty", "--give-up-after", &secs.to_string()],
+        ),
+        Duration::from_secs(120),
+    );
+    ran.assert_code(3);
+    ran
+}
+
+/// Container `id` on `topic`, prepared through the real companion, with
+/// its output left open: the ends of its stdout and stderr pipes.
+fn open_output(
+    spool: &Path,
+    sandbox: &Path,
+    id: &str,
+    topic: &str,
+) -> (std::fs::File, std::os::fd::OwnedFd) {
+    std::fs::create_dir_all(sandbox).unwrap();
+    let cfg =
+        Config::from_pairs(&[("spool_dir", spool.to_str().unwrap()), ("topic", topic)]).unwrap();
+    let logger = Logger::new(cfg, bin()).unwrap();
+    let j = json!({"directory": sandbox.display().to_string()});
+    let p = logger.prepare(id, &j.to_string(), None).unwrap();
+    (std::fs::File::from(p.stdout), p.stderr)
+}
+
 /// 60 labels of 1 KB: the most a task can attach (capped at 16 KB).
 fn big_labels(topic: &str) -> Value {
     let labels: Vec<Value> = (0..60)
@@ -272,15 +304,7 @@ fn a_spool_copied_by_hand_without_done_marker_or_companion_is_shipped_then_given
     spool_lines(&spool, &d.path().join("c"), "c-orphan", 300, topic);
     std::fs::remove_file(spool.join("c-orphan/data/done")).unwrap();
     std::fs::remove_file(spool.join("c-orphan/data/companion.lock")).unwrap();
-    let ran = run_bounded(
-        &mut publish(
-            &spool,
-            &broker.addr(),
-            &["--until-empty", "--give-up-after", "3"],
-        ),
-        Duration::from_secs(120),
-    );
-    ran.assert_code(3);
+    let ran = gives_up(&broker, &spool, 3);
     let err = ran.stderr();
     assert!(
         err.contains("giving up on c-orphan") && err.contains("no `done` marker"),
@@ -307,26 +331,11 @@ fn until_empty_says_so_when_an_output_stays_open_with_everything_delivered() {
     let broker = Broker::start();
     let d = tempfile::tempdir().unwrap();
     let spool = d.path().join("spool");
-    let sbx = d.path().join("c");
-    std::fs::create_dir_all(&sbx).unwrap();
-    let cfg =
-        Config::from_pairs(&[("spool_dir", spool.to_str().unwrap()), ("topic", "open")]).unwrap();
-    let logger = Logger::new(cfg, bin()).unwrap();
-    let j = json!({"directory": sbx.display().to_string()});
-    let p = logger.prepare("c-open", &j.to_string(), None).unwrap();
-    let mut out = std::fs::File::from(p.stdout);
+    let (mut out, err_pipe) = open_output(&spool, &d.path().join("c"), "c-open", "open");
     for i in 1..=10 {
         writeln!(out, "{i}").unwrap();
     }
-    let ran = run_bounded(
-        &mut publish(
-            &spool,
-            &broker.addr(),
-            &["--until-empty", "--give-up-after", "3"],
-        ),
-        Duration::from_secs(60),
-    );
-    ran.assert_code(3);
+    let ran = gives_up(&broker, &spool, 3);
     assert!(
         ran.stderr().contains("giving up on c-open") && ran.stderr().contains("still open"),
         "{}",
@@ -341,7 +350,7 @@ fn until_empty_says_so_when_an_output_stays_open_with_everything_delivered() {
         |m| w.add(m),
     );
     drop(out);
-    drop(p.stderr);
+    drop(err_pipe);
 }
 
 #[test]
@@ -490,15 +499,7 @@ fn gives_up_on_c_bad_and_ships_c_good(
     max_log_lines: usize,
     good: u64,
 ) -> (String, Value) {
-    let ran = run_bounded(
-        &mut publish(
-            spool,
-            &broker.addr(),
-            &["--until-empty", "--give-up-after", "5"],
-        ),
-        Duration::from_secs(120),
-    );
-    ran.assert_code(3);
+    let ran = gives_up(broker, spool, 5);
     let err = ran.stderr();
     assert!(err.lines().count() < max_log_lines, "rate-limited: {err}");
     assert!(
@@ -749,24 +750,9 @@ fn the_give_up_names_a_refused_container_beside_an_open_one() {
     let d = tempfile::tempdir().unwrap();
     let spool = d.path().join("spool");
     spool_lines(&spool, &d.path().join("a"), "c-bad", 50, on_topic("strict"));
-    let sbx = d.path().join("c");
-    std::fs::create_dir_all(&sbx).unwrap();
-    let cfg =
-        Config::from_pairs(&[("spool_dir", spool.to_str().unwrap()), ("topic", "open")]).unwrap();
-    let logger = Logger::new(cfg, bin()).unwrap();
-    let j = json!({"directory": sbx.display().to_string()});
-    let p = logger.prepare("c-open", &j.to_string(), None).unwrap();
-    let mut out = std::fs::File::from(p.stdout);
+    let (mut out, err_pipe) = open_output(&spool, &d.path().join("c"), "c-open", "open");
     writeln!(out, "1").unwrap();
-    let ran = run_bounded(
-        &mut publish(
-            &spool,
-            &broker.addr(),
-            &["--until-empty", "--give-up-after", "5"],
-        ),
-        Duration::from_secs(120),
-    );
-    ran.assert_code(3);
+    let ran = gives_up(&broker, &spool, 5);
     let err = ran.stderr();
     assert!(
         err.contains("giving up on c-open") && err.contains("still open"),
@@ -778,7 +764,7 @@ fn the_give_up_names_a_refused_container_beside_an_open_one() {
         "{err}"
     );
     drop(out);
-    drop(p.stderr);
+    drop(err_pipe);
 }
 
 /// A broker that fences every producer (fault injection: each delivery
