@@ -738,6 +738,54 @@ fn a_refused_container_is_waited_for_while_the_broker_is_down() {
     assert!(spool.join("c-bad/data").is_dir(), "kept");
 }
 
+/// Kafka that comes up late (a node booting) and then refuses the records:
+/// the give-up follows --give-up-after from the broker's answer (helper-10:
+/// the outage before it kept `kafka_reachable` 0 and the give-up waited
+/// for ever, as no delivery ever came to clear it).
+#[test]
+fn a_refused_container_is_given_up_on_once_a_late_broker_answers() {
+    let schemas = tempfile::tempdir().unwrap();
+    refuse_topic(schemas.path(), "strict");
+    let d = tempfile::tempdir().unwrap();
+    let spool = d.path().join("spool");
+    spool_lines(&spool, &d.path().join("a"), "c-bad", 50, on_topic("strict"));
+    let port = free_port();
+    let mut p = publish(
+        &spool,
+        &format!("127.0.0.1:{port}"),
+        &[
+            "--until-empty",
+            "--give-up-after",
+            "3",
+            "--set",
+            "metrics_interval_ms=100",
+        ],
+    )
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    let t0 = std::time::Instant::now();
+    while read_metrics(&spool)["kafka_reachable"] != 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "{}",
+            read_metrics(&spool)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _broker = Broker::start_with_schemas_on(schemas.path(), port);
+    let st = wait_child(&mut p, Duration::from_secs(120));
+    if st.is_none() {
+        let _ = p.kill();
+    }
+    let mut err = String::new();
+    std::io::Read::read_to_string(p.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert_eq!(st.and_then(|s| s.code()), Some(3), "{err}");
+    assert!(err.contains("permanent error (rejected"), "{err}");
+    assert_eq!(read_metrics(&spool)["kafka_reachable"], 1);
+}
+
 /// A refused container beside one whose output stays open (everything
 /// delivered): the give-up names both, the refused one's records as left,
 /// and comes after --give-up-after, not later (helper-9: only the open one
@@ -750,6 +798,11 @@ fn the_give_up_names_a_refused_container_beside_an_open_one() {
     let d = tempfile::tempdir().unwrap();
     let spool = d.path().join("spool");
     spool_lines(&spool, &d.path().join("a"), "c-bad", 50, on_topic("strict"));
+    // And one with another cause: an invalid topic name.
+    spool_lines(&spool, &d.path().join("i"), "c-inv", 50, json!({}));
+    let meta = spool.join("c-inv/meta.json");
+    let text = std::fs::read_to_string(&meta).unwrap();
+    std::fs::write(&meta, text.replace("\"application_log\"", "\"..\"")).unwrap();
     let (mut out, err_pipe) = open_output(&spool, &d.path().join("c"), "c-open", "open");
     writeln!(out, "1").unwrap();
     let ran = gives_up(&broker, &spool, 5);
@@ -758,9 +811,11 @@ fn the_give_up_names_a_refused_container_beside_an_open_one() {
         err.contains("giving up on c-open") && err.contains("still open"),
         "{err}"
     );
+    // Each cause with its containers (helper-10: one cause for all).
     assert!(
-        err.contains("giving up after 5 s of a permanent error (rejected")
-            && err.contains("undelivered records of 1 container(s) (c-bad) remain"),
+        err.contains("giving up after 5 s of a permanent error (invalid_topic: the broker refuses this topic name: c-inv; rejected: the broker refuses the records")
+            && err.contains("such as a schema, or a policy): c-bad)")
+            && err.contains("undelivered records of 2 container(s) (c-bad, c-inv) remain"),
         "{err}"
     );
     drop(out);

@@ -439,7 +439,23 @@ fn a_container_id_with_control_characters_is_refused_not_printed_raw() {
     );
     ran.assert_code(2);
     let err = ran.stderr();
-    assert!(err.contains("no control characters"), "{err}");
+    assert!(err.contains("no control"), "{err}");
     assert!(!err.contains('\x1b') && err.lines().count() == 1, "{err:?}");
     assert!(ran.stdout.is_empty(), "the command did not run");
+    // Nor invisible formatting: a line separator, a right-to-left override.
+    for id in ["a\u{2028}b", "a\u{202e}b", "."] {
+        let ran = run_bounded(
+            Command::new(bin()).current_dir(d.path()).args([
+                "run",
+                "--container-id",
+                id,
+                "--",
+                "echo",
+                "hi",
+            ]),
+            Duration::from_secs(60),
+        );
+        ran.assert_code(2);
+        assert!(ran.stderr().contains("--container-id"), "{}", ran.stderr());
+    }
 }

@@ -247,9 +247,19 @@ pub fn run(a: RunArgs) -> Result<i32, String> {
     });
     // It is printed in our messages: a newline or an escape in it could
     // forge a line of ours (helper-9).
-    if container_id.is_empty() || container_id.chars().any(char::is_control) {
+    // Nor may a line or paragraph separator, or a bidirectional override
+    // (U+202E shows the rest of a line reversed).
+    let unfit = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+    };
+    if container_id.is_empty()
+        || container_id.chars().any(unfit)
+        || container_id == "."
+        || container_id == ".."
+    {
         return Err(format!(
-            "--container-id {container_id:?}: must be non-empty and hold no control characters (newline, tab, escape)"
+            "--container-id {container_id:?}: must be non-empty, not . or .., and hold no control or invisible formatting characters (newline, tab, escape, U+2028, U+202E)"
         ));
     }
     let exe = std::env::current_exe().map_err(|e| format!("cannot find our own binary: {e}"))?;

@@ -254,6 +254,15 @@ impl Health {
         if !cause.topic_level(text) {
             self.unhealthy = true;
             self.metrics.kafka_reachable.store(0, Relaxed);
+        } else if cause != Cause::UnknownTopic {
+            // The broker itself answered (it refused the records, the topic
+            // name, the size or the ACL): Kafka is reachable again, even if
+            // no delivery follows (helper-10: a container whose records are
+            // all refused kept `kafka_reachable` 0, and its give-up waited
+            // for ever, after one outage). An unknown topic may be
+            // librdkafka's own view of the metadata: not counted.
+            self.client_problem = None;
+            self.metrics.kafka_reachable.store(1, Relaxed);
         }
         self.limiter.emit(
             Level::Error,

@@ -651,7 +651,7 @@ impl Publisher {
         // Named, so the operator knows which spools to look at (at most a
         // few: the line must stay one line).
         let named = |mut names: Vec<&str>| {
-            const NAMED: usize = 5;
+            const NAMED: usize = 10;
             names.sort_unstable();
             let more = names.len().saturating_sub(NAMED);
             names.truncate(NAMED);
@@ -760,9 +760,31 @@ impl Publisher {
             // The permanent cause that blocks a container, not the
             // client's last error, which may be a consequence (an
             // idempotent producer is fenced after its records were refused).
-            let own_cause = self.containers.values().find_map(|c| match c.failing {
-                Some((f, _)) if own(c) => Some(format!("{}: {}", f.name(), f.what())),
-                _ => None,
+            // Each container's own cause, by cause (helper-10: one cause
+            // was given for all, though most had another).
+            let mut by_cause: BTreeMap<&str, (health::Cause, Vec<&str>)> = BTreeMap::new();
+            for c in self.containers.values() {
+                if let Some((f, _)) = c.failing.filter(|_| own(c)) {
+                    by_cause
+                        .entry(f.name())
+                        .or_insert((f, vec![]))
+                        .1
+                        .push(&c.key);
+                }
+            }
+            let own_cause = (!by_cause.is_empty()).then(|| {
+                let several = by_cause.len() > 1;
+                by_cause
+                    .into_values()
+                    .map(|(f, keys)| {
+                        if several {
+                            format!("{}: {}: {}", f.name(), f.what(), named(keys))
+                        } else {
+                            format!("{}: {}", f.name(), f.what())
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ")
             });
             let why = own_cause.unwrap_or_else(|| {
                 self.metrics

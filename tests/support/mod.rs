@@ -230,7 +230,11 @@ impl Broker {
     /// schema `<dir>/<topic>.json` (tansu's schema registry), refusing
     /// those that fail with Kafka's INVALID_RECORD.
     pub fn start_with_schemas(dir: &std::path::Path) -> Broker {
-        let port = free_port();
+        Broker::start_with_schemas_on(dir, free_port())
+    }
+
+    /// As `start_with_schemas`, on a given port (a broker that comes late).
+    pub fn start_with_schemas_on(dir: &std::path::Path, port: u16) -> Broker {
         let url = format!("tcp://127.0.0.1:{port}");
         // tansu reads a file:// registry relative to its working directory.
         Broker::start_with_args(port, &url, Some(dir), &["--schema-registry", "file://./"])
