@@ -78,6 +78,31 @@ fn open_output(
     (std::fs::File::from(p.stdout), p.stderr)
 }
 
+/// SIGTERM to `p` and its exit status within 20 s (None: it was still
+/// running, and is killed).
+fn sigterm(p: &mut std::process::Child) -> Option<std::process::ExitStatus> {
+    unsafe { libc::kill(p.id() as i32, libc::SIGTERM) };
+    let st = wait_child(p, Duration::from_secs(20));
+    if st.is_none() {
+        let _ = p.kill();
+    }
+    st
+}
+
+/// `publish` running in the background, its output to `stderr`.
+fn spawn_publish(
+    spool: &Path,
+    addr: &str,
+    extra: &[&str],
+    stderr: std::process::Stdio,
+) -> std::process::Child {
+    publish(spool, addr, extra)
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap()
+}
+
 /// 60 labels of 1 KB: the most a task can attach (capped at 16 KB).
 fn big_labels(topic: &str) -> Value {
     let labels: Vec<Value> = (0..60)
@@ -215,7 +240,7 @@ fn sigterm_stops_a_publisher_busy_with_unfit_records() {
         200_000,
         big_labels("term"),
     );
-    let mut p = publish(
+    let mut p = spawn_publish(
         &spool,
         &broker.addr(),
         &[
@@ -224,11 +249,8 @@ fn sigterm_stops_a_publisher_busy_with_unfit_records() {
             "--set",
             "metrics_interval_ms=100",
         ],
-    )
-    .stdout(std::process::Stdio::null())
-    .stderr(std::process::Stdio::null())
-    .spawn()
-    .unwrap();
+        std::process::Stdio::null(),
+    );
     // Once it is busy shipping, SIGTERM must end it promptly.
     let t0 = std::time::Instant::now();
     loop {
@@ -243,11 +265,7 @@ fn sigterm_stops_a_publisher_busy_with_unfit_records() {
         assert!(t0.elapsed() < Duration::from_secs(60), "nothing published");
         std::thread::sleep(Duration::from_millis(20));
     }
-    unsafe { libc::kill(p.id() as i32, libc::SIGTERM) };
-    let st = wait_child(&mut p, Duration::from_secs(20));
-    if st.is_none() {
-        let _ = p.kill();
-    }
+    let st = sigterm(&mut p);
     assert!(st.is_some_and(|s| s.success()), "SIGTERM ignored: {st:?}");
 }
 
@@ -363,11 +381,12 @@ fn a_second_publisher_is_refused_naming_the_first_and_nothing_ships_twice() {
     for c in ["c1", "c2", "c3"] {
         spool_lines(&spool, &d.path().join(c), c, n, topic.clone());
     }
-    let mut first = publish(&spool, &broker.addr(), &["--until-empty"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut first = spawn_publish(
+        &spool,
+        &broker.addr(),
+        &["--until-empty"],
+        std::process::Stdio::null(),
+    );
     assert!(wait_for_file(
         &spool.join("publisher.lock"),
         Duration::from_secs(30)
@@ -614,15 +633,12 @@ fn many_refused_containers_do_not_starve_one_that_comes_later() {
     let d = tempfile::tempdir().unwrap();
     let spool = d.path().join("spool");
     std::fs::create_dir_all(&spool).unwrap();
-    let mut p = publish(
+    let mut p = spawn_publish(
         &spool,
         &broker.addr(),
         &["--set", "metrics_interval_ms=100"],
-    )
-    .stdout(std::process::Stdio::null())
-    .stderr(std::process::Stdio::null())
-    .spawn()
-    .unwrap();
+        std::process::Stdio::null(),
+    );
     let t0 = std::time::Instant::now();
     // One after another, so their probes (1 s, 2 s, 4 s ... after each
     // one's first refusal) do not come together.
@@ -660,11 +676,7 @@ fn many_refused_containers_do_not_starve_one_that_comes_later() {
         Duration::ZERO,
         |m| w.add(m),
     );
-    unsafe { libc::kill(p.id() as i32, libc::SIGTERM) };
-    let st = wait_child(&mut p, Duration::from_secs(20));
-    if st.is_none() {
-        let _ = p.kill();
-    }
+    let st = sigterm(&mut p);
     assert!(st.is_some_and(|s| s.success()), "{st:?}");
     let m = read_metrics(&spool);
     assert_eq!(m["kafka_reachable"], 1, "{m}");
@@ -682,7 +694,7 @@ fn a_refused_container_is_waited_for_while_the_broker_is_down() {
     let spool = d.path().join("spool");
     spool_lines(&spool, &d.path().join("a"), "c-bad", 50, on_topic("strict"));
     let err = d.path().join("stderr");
-    let mut p = publish(
+    let mut p = spawn_publish(
         &spool,
         &broker.addr(),
         &[
@@ -692,11 +704,8 @@ fn a_refused_container_is_waited_for_while_the_broker_is_down() {
             "--set",
             "metrics_interval_ms=100",
         ],
-    )
-    .stdout(std::process::Stdio::null())
-    .stderr(std::fs::File::create(&err).unwrap())
-    .spawn()
-    .unwrap();
+        std::fs::File::create(&err).unwrap().into(),
+    );
     let t0 = std::time::Instant::now();
     while read_metrics(&spool)["kafka_errors/rejected"]
         .as_u64()
@@ -730,11 +739,7 @@ fn a_refused_container_is_waited_for_while_the_broker_is_down() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    unsafe { libc::kill(p.id() as i32, libc::SIGTERM) };
-    let st = wait_child(&mut p, Duration::from_secs(20));
-    if st.is_none() {
-        let _ = p.kill();
-    }
+    assert!(sigterm(&mut p).is_some(), "SIGTERM ended it");
     assert!(spool.join("c-bad/data").is_dir(), "kept");
 }
 
@@ -750,7 +755,7 @@ fn a_refused_container_is_given_up_on_once_a_late_broker_answers() {
     let spool = d.path().join("spool");
     spool_lines(&spool, &d.path().join("a"), "c-bad", 50, on_topic("strict"));
     let port = free_port();
-    let mut p = publish(
+    let mut p = spawn_publish(
         &spool,
         &format!("127.0.0.1:{port}"),
         &[
@@ -760,11 +765,8 @@ fn a_refused_container_is_given_up_on_once_a_late_broker_answers() {
             "--set",
             "metrics_interval_ms=100",
         ],
-    )
-    .stdout(std::process::Stdio::null())
-    .stderr(std::process::Stdio::piped())
-    .spawn()
-    .unwrap();
+        std::process::Stdio::piped(),
+    );
     let t0 = std::time::Instant::now();
     while read_metrics(&spool)["kafka_reachable"] != 0 {
         assert!(
@@ -846,12 +848,7 @@ fn a_producer_fenced_for_good_is_rebuilt_with_backoff_not_in_a_loop() {
     .stderr(std::fs::File::create(&err).unwrap())
     .spawn()
     .unwrap();
-    let metrics = || {
-        std::fs::read(spool.join("metrics.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-            .unwrap_or_default()
-    };
+    let metrics = || read_metrics(&spool);
     while metrics()["producer_rebuilds"].as_u64().unwrap_or(0) < 3 {
         assert!(
             t0.elapsed() < Duration::from_secs(60),
@@ -877,11 +874,7 @@ fn a_producer_fenced_for_good_is_rebuilt_with_backoff_not_in_a_loop() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    unsafe { libc::kill(p.id() as i32, libc::SIGTERM) };
-    let st = wait_child(&mut p, Duration::from_secs(20));
-    if st.is_none() {
-        let _ = p.kill();
-    }
+    let st = sigterm(&mut p);
     assert!(st.is_some_and(|s| s.success()), "SIGTERM ignored: {st:?}");
     let m = metrics();
     assert_eq!(m["records_published"], 0, "{m}");
