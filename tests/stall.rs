@@ -254,10 +254,8 @@ fn sigterm_stops_a_publisher_busy_with_unfit_records() {
     // Once it is busy shipping, SIGTERM must end it promptly.
     let t0 = std::time::Instant::now();
     loop {
-        let published = std::fs::read(spool.join("metrics.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-            .and_then(|m| m["records_published"].as_u64())
+        let published = read_metrics(&spool)["records_published"]
+            .as_u64()
             .unwrap_or(0);
         if published > 0 {
             break;

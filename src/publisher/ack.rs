@@ -85,12 +85,12 @@ impl Publisher {
                 self.broken_since = None;
                 return;
             }
-            // The sink is rebuilt before the next send (`fatal`), which
-            // rewinds every container to its last acknowledged record: this
-            // one is neither failing nor backed off.
+            // The sink is rebuilt before the next send (`fatal`): this
+            // container is neither failing nor backed off. Taken back now,
+            // so it shows nothing in flight while the rebuild waits, and
+            // sent again by the rebuilt sink.
             Err(DeliveryError::SinkBroken(_)) => {
                 Metrics::add(&self.metrics.failed, 1);
-                // Sent again by the rebuilt sink; not in flight meanwhile.
                 Metrics::add(&self.metrics.retried, c.rewind());
                 return;
             }

@@ -747,7 +747,8 @@ impl Publisher {
         let orphans = if client {
             vec![]
         } else {
-            keys(&|c| orphan(c) && !open(c))
+            // (never also open: that needs a live companion, this none)
+            keys(&|c| orphan(c))
         };
         if !orphans.is_empty() {
             parts.push(format!(
