@@ -42,6 +42,16 @@ pub struct ForwardArgs {
     commit_every: usize,
     #[arg(long, default_value_t = 1000)]
     commit_interval_ms: u64,
+    /// GELF TCP has no acknowledgement: a message written is kept, and sent
+    /// again after any connection loss, until the connection stayed up this
+    /// many seconds after Graylog's TCP acknowledged it ...
+    #[arg(long, default_value_t = 30)]
+    resend_window_s: u64,
+    /// ... or this many bytes were acknowledged after it (more than
+    /// Graylog's receive buffer holds unread: 1 MiB by default, at most
+    /// 6 MiB with Linux's autotuning).
+    #[arg(long, default_value_t = 8 << 20)]
+    resend_window_bytes: u64,
     /// Seconds between progress lines.
     #[arg(long, default_value_t = 10)]
     stats_interval_s: u64,
@@ -93,6 +103,8 @@ pub fn forward(a: ForwardArgs) -> Result<i32, String> {
         commit_interval: Duration::from_millis(a.commit_interval_ms),
         stats_interval: Duration::from_secs(a.stats_interval_s.max(1)),
         host: mesos_gelf_logger::config::hostname(),
+        hold: Duration::from_secs(a.resend_window_s),
+        hold_bytes: a.resend_window_bytes,
     };
     forward::run(&opts, super::stop_on_signals())?;
     Ok(0)

@@ -2,15 +2,17 @@
 //! for sites without Graylog's own Kafka input.
 //!
 //! At least once: a consumer group with manual commits; an offset is
-//! committed only after its message was written to the socket and, for
-//! TCP/TLS, the socket flushed. When Graylog is down the forwarder stops
-//! consuming, reconnects with backoff and resends what was not flushed, so
-//! nothing is buffered without bound and nothing is skipped. Messages that
+//! committed only once Graylog is known to have read the message (`tail`),
+//! and everything not known to be read is sent again after any connection
+//! loss. When Graylog is down the forwarder stops consuming and reconnects
+//! with backoff, so nothing is buffered without bound and nothing is
+//! skipped. Messages that
 //! are not valid GELF are counted, logged once per kind, then skipped or
 //! wrapped (`--invalid skip|wrap`), never passed on broken.
 
 pub mod check;
 pub mod output;
+pub mod tail;
 
 use crate::log;
 use check::Invalid;
@@ -21,6 +23,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tail::{Pending, Tail};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InvalidPolicy {
@@ -41,24 +44,37 @@ pub struct ForwardOptions {
     pub commit_interval: Duration,
     pub stats_interval: Duration,
     pub host: String,
+    /// A message stays in the tail (sent again after a connection loss)
+    /// until the connection stayed up this long after the peer
+    /// acknowledged it ...
+    pub hold: Duration,
+    /// ... or this many bytes were acknowledged after it.
+    pub hold_bytes: u64,
 }
 
-/// One message taken from Kafka and not yet committed.
-struct Pending {
-    partition: i32,
-    offset: i64,
-    payload: Vec<u8>,
+impl ForwardOptions {
+    /// Consumption pauses while the tail holds this much.
+    fn tail_cap(&self) -> usize {
+        (self.hold_bytes as usize).saturating_mul(4).max(1 << 20)
+    }
 }
 
 #[derive(Default)]
 struct Stats {
+    /// Messages Graylog is known to have read (their offsets committed).
     forwarded: u64,
+    /// Messages sent again on a new connection.
+    resent: u64,
     invalid: BTreeMap<Invalid, u64>,
     dropped_udp: u64,
     reconnects: u64,
 }
 
-/// Runs until `stop`: then finishes the batch in hand, commits, returns.
+/// Graceful stop: how long the peer has to close after our FIN.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// Runs until `stop`: then flushes, closes the connection so that the peer
+/// shows what it read, commits that, returns.
 pub fn run(opts: &ForwardOptions, stop: Arc<AtomicBool>) -> Result<(), String> {
     if !opts.kafka.contains_key("group.id") {
         return Err("`kafka.group.id` is required (offsets are committed for the group)".into());
@@ -76,198 +92,338 @@ pub fn run(opts: &ForwardOptions, stop: Arc<AtomicBool>) -> Result<(), String> {
     consumer
         .subscribe(&[opts.topic.as_str()])
         .map_err(|e| format!("subscribe {}: {e}", opts.topic))?;
+    Forwarder {
+        opts,
+        consumer,
+        stats: Stats::default(),
+        out: None,
+        unflushed: Vec::new(),
+        tail: Tail::new(opts.hold, opts.hold_bytes),
+        released: Vec::new(),
+        last_commit: Instant::now(),
+        backoff: Backoff::new(),
+        down_since: None,
+        logged_kinds: BTreeSet::new(),
+    }
+    .run(&stop)
+}
 
-    let mut stats = Stats::default();
-    let mut out: Option<Output> = None;
-    let mut batch: Vec<Pending> = Vec::new();
-    let mut last_commit = Instant::now();
-    let mut last_stats = (Instant::now(), 0u64);
-    let mut backoff = Duration::from_millis(500);
-    let mut down_since: Option<Instant> = None;
-    let mut logged_kinds: BTreeSet<Invalid> = BTreeSet::new();
+/// Doubling reconnect delay, 0.5 s to 30 s.
+struct Backoff(Duration);
 
-    loop {
-        let stopping = stop.load(Ordering::Relaxed);
-        // 1. A connection, or wait (consumption pauses while Graylog is down).
-        if out.is_none() {
-            match Output::connect(&opts.target, &opts.tls, &opts.udp) {
-                Ok(o) => {
-                    if let Some(t) = down_since.take() {
-                        log::info(&format!(
-                            "connected to {:?} again after {:.1} s",
-                            opts.target,
-                            t.elapsed().as_secs_f64()
-                        ));
-                        stats.reconnects += 1;
-                    }
-                    backoff = Duration::from_millis(500);
-                    out = Some(o);
-                    // Resend what was taken but not flushed before the failure.
-                    if let Err(e) = resend(out.as_mut().unwrap(), &batch, opts, &mut stats) {
-                        out = None;
-                        log::warn(&format!("resend failed: {e}"));
-                        continue;
-                    }
+impl Backoff {
+    fn new() -> Backoff {
+        Backoff(Duration::from_millis(500))
+    }
+    fn next(&mut self) -> Duration {
+        let d = self.0;
+        self.0 = (self.0 * 2).min(Duration::from_secs(30));
+        d
+    }
+}
+
+struct Forwarder<'a> {
+    opts: &'a ForwardOptions,
+    consumer: BaseConsumer,
+    stats: Stats,
+    out: Option<Output>,
+    /// Taken from Kafka, written to `out`'s buffer (or waiting for a
+    /// connection), not yet flushed; oldest first.
+    unflushed: Vec<Pending>,
+    /// Flushed, not yet known to be read.
+    tail: Tail,
+    /// Known to be read, offsets not yet committed.
+    released: Vec<Pending>,
+    last_commit: Instant,
+    backoff: Backoff,
+    down_since: Option<Instant>,
+    logged_kinds: BTreeSet<Invalid>,
+}
+
+impl Forwarder<'_> {
+    fn run(mut self, stop: &AtomicBool) -> Result<(), String> {
+        let mut last_stats = (Instant::now(), 0u64);
+        loop {
+            let stopping = stop.load(Ordering::Relaxed);
+            // 1. A connection, or wait (consumption pauses while Graylog is down).
+            if self.out.is_none() && !self.connect() {
+                if stopping {
+                    self.commit()?;
+                    log::warn(&format!(
+                        "stopping while Graylog is unreachable; {} messages not known to be read will be read again from Kafka",
+                        self.unflushed.len()
+                    ));
+                    return Ok(());
                 }
-                Err(e) => {
-                    if down_since.is_none() {
-                        log::error(&format!(
-                            "Graylog unreachable: {e}; consumption paused, retrying with backoff"
-                        ));
-                        down_since = Some(Instant::now());
-                    }
-                    if stopping {
-                        log::warn("stopping while Graylog is unreachable; uncommitted messages will be read again");
-                        return Ok(());
-                    }
-                    sleep_unless(&stop, backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
-                    continue;
-                }
-            }
-        }
-        // 2. Take messages while not stopping and the batch has room.
-        let mut got = false;
-        if !stopping && batch.len() < opts.commit_every {
-            if let Some(r) = consumer.poll(Duration::from_millis(100)) {
-                match r {
-                    Ok(m) => {
-                        got = true;
-                        let payload = m.payload().unwrap_or_default();
-                        let (partition, offset) = (m.partition(), m.offset());
-                        let send = match check::check(payload) {
-                            Ok(()) => Some(payload.to_vec()),
-                            Err(kind) => {
-                                *stats.invalid.entry(kind).or_default() += 1;
-                                if logged_kinds.insert(kind) {
-                                    log::warn(&format!(
-                                        "message at {}/{partition}/{offset} is not valid GELF ({}); {} such messages (logged once per kind)",
-                                        opts.topic,
-                                        kind.name(),
-                                        match opts.invalid { InvalidPolicy::Skip => "skipping", InvalidPolicy::Wrap => "wrapping" }
-                                    ));
-                                }
-                                match opts.invalid {
-                                    InvalidPolicy::Skip => None,
-                                    InvalidPolicy::Wrap => {
-                                        let timestamp = m
-                                            .timestamp()
-                                            .to_millis()
-                                            .map(|ms| ms as f64 / 1000.0)
-                                            .unwrap_or_else(|| {
-                                                crate::spool::record::now_micros() as f64 / 1e6
-                                            });
-                                        let origin = check::Origin {
-                                            topic: &opts.topic,
-                                            partition,
-                                            offset,
-                                            timestamp,
-                                        };
-                                        Some(check::wrap(payload, kind, &opts.host, &origin))
-                                    }
-                                }
-                            }
-                        };
-                        let payload = send.unwrap_or_default();
-                        if !payload.is_empty() {
-                            if let Err(e) = send_one(out.as_mut().unwrap(), &payload, &mut stats) {
-                                batch.push(Pending {
-                                    partition,
-                                    offset,
-                                    payload,
-                                });
-                                fail(&mut out, &mut down_since, &e);
-                                continue;
-                            }
-                        }
-                        batch.push(Pending {
-                            partition,
-                            offset,
-                            payload,
-                        });
-                    }
-                    Err(e) => log::warn(&format!("Kafka: {e}")),
-                }
-            }
-        }
-        // 3. Flush and commit when the batch is full, old, or we stop.
-        let due = batch.len() >= opts.commit_every
-            || last_commit.elapsed() >= opts.commit_interval
-            || stopping
-            || (!got && !batch.is_empty());
-        if due && !batch.is_empty() {
-            if let Err(e) = out.as_mut().unwrap().flush() {
-                fail(&mut out, &mut down_since, &e);
+                sleep_unless(stop, self.backoff.next());
                 continue;
             }
-            stats.forwarded += batch.iter().filter(|p| !p.payload.is_empty()).count() as u64;
-            commit(&consumer, &opts.topic, &batch)?;
-            batch.clear();
-            last_commit = Instant::now();
+            // 2. Take a message while not stopping and there is room.
+            let room = self.unflushed.len() < self.opts.commit_every
+                && self.tail.bytes() < self.opts.tail_cap();
+            let got = !stopping && room && self.take_one();
+            if self.out.is_none() {
+                continue;
+            }
+            // 3. Flush when the batch is full, old, or nothing more came.
+            let due = self.unflushed.len() >= self.opts.commit_every
+                || self.last_commit.elapsed() >= self.opts.commit_interval
+                || stopping
+                || !got;
+            if due && !self.unflushed.is_empty() && !self.flush() {
+                continue;
+            }
+            // 4. What Graylog shows it read leaves the tail; commit it.
+            if let Some(acked) = self.out.as_ref().and_then(Output::acked) {
+                let read = self.tail.release(acked, Instant::now());
+                self.released.extend(read);
+            }
+            if self.released.len() >= self.opts.commit_every
+                || self.last_commit.elapsed() >= self.opts.commit_interval
+            {
+                self.commit()?;
+            }
+            if stopping {
+                return self.finish();
+            }
+            if !stopping && !room {
+                // The tail is full: wait for evidence, not in a spin.
+                sleep_unless(stop, Duration::from_millis(20));
+            }
+            if last_stats.0.elapsed() >= self.opts.stats_interval {
+                self.log_progress(last_stats);
+                last_stats = (Instant::now(), self.stats.forwarded);
+            }
         }
-        if stopping && batch.is_empty() {
-            log::info(&format!("stopped: {} messages forwarded", stats.forwarded));
+    }
+
+    /// Connects and sends again what is not known to be read. False when
+    /// Graylog cannot be reached (or failed again during the resend).
+    fn connect(&mut self) -> bool {
+        let o = match Output::connect(&self.opts.target, &self.opts.tls, &self.opts.udp) {
+            Ok(o) => o,
+            Err(e) => {
+                if self.down_since.is_none() {
+                    log::error(&format!(
+                        "Graylog unreachable: {e}; consumption paused, retrying with backoff"
+                    ));
+                    self.down_since = Some(Instant::now());
+                }
+                return false;
+            }
+        };
+        if let Some(t) = self.down_since.take() {
+            log::info(&format!(
+                "connected to {:?} again after {:.1} s; sending again the {} messages not known to be read",
+                self.opts.target,
+                t.elapsed().as_secs_f64(),
+                self.unflushed.len()
+            ));
+            self.stats.reconnects += 1;
+        }
+        self.backoff = Backoff::new();
+        self.out = Some(o);
+        let again: Vec<Vec<u8>> = self
+            .unflushed
+            .iter()
+            .filter(|p| !p.payload.is_empty())
+            .map(|p| p.payload.clone())
+            .collect();
+        for payload in again {
+            if let Err(e) = self.send(&payload) {
+                self.fail(&e);
+                return false;
+            }
+            self.stats.resent += 1;
+        }
+        true
+    }
+
+    /// Polls one message and writes it to the connection's buffer. True if
+    /// one was taken.
+    fn take_one(&mut self) -> bool {
+        let m = match self.consumer.poll(Duration::from_millis(100)) {
+            None => return false,
+            Some(Err(e)) => {
+                log::warn(&format!("Kafka: {e}"));
+                return false;
+            }
+            Some(Ok(m)) => m,
+        };
+        let (partition, offset) = (m.partition(), m.offset());
+        let kafka_time = m.timestamp().to_millis();
+        let payload = m.payload().unwrap_or_default().to_vec();
+        drop(m);
+        let payload = match check::check(&payload) {
+            Ok(()) => payload,
+            Err(kind) => self.invalid(&payload, (partition, offset, kafka_time), kind),
+        };
+        let sent = if payload.is_empty() {
+            Ok(())
+        } else {
+            self.send(&payload)
+        };
+        self.unflushed.push(Pending {
+            partition,
+            offset,
+            payload,
+        });
+        if let Err(e) = sent {
+            self.fail(&e);
+        }
+        true
+    }
+
+    /// What is sent for a message that is not valid GELF (empty: nothing).
+    fn invalid(
+        &mut self,
+        payload: &[u8],
+        (partition, offset, kafka_time): (i32, i64, Option<i64>),
+        kind: Invalid,
+    ) -> Vec<u8> {
+        *self.stats.invalid.entry(kind).or_default() += 1;
+        if self.logged_kinds.insert(kind) {
+            log::warn(&format!(
+                "message at {}/{partition}/{offset} is not valid GELF ({}); {} such messages (logged once per kind)",
+                self.opts.topic,
+                kind.name(),
+                match self.opts.invalid {
+                    InvalidPolicy::Skip => "skipping",
+                    InvalidPolicy::Wrap => "wrapping",
+                }
+            ));
+        }
+        match self.opts.invalid {
+            InvalidPolicy::Skip => Vec::new(),
+            InvalidPolicy::Wrap => {
+                let timestamp = kafka_time
+                    .map(|ms| ms as f64 / 1000.0)
+                    .unwrap_or_else(|| crate::spool::record::now_micros() as f64 / 1e6);
+                let origin = check::Origin {
+                    topic: &self.opts.topic,
+                    partition,
+                    offset,
+                    timestamp,
+                };
+                check::wrap(payload, kind, &self.opts.host, &origin)
+            }
+        }
+    }
+
+    fn send(&mut self, payload: &[u8]) -> Result<(), String> {
+        let o = self.out.as_mut().expect("connected");
+        if !o.send(payload)? {
+            self.stats.dropped_udp += 1;
+            log::warn(&format!(
+                "a {}-byte message needs more than {} UDP chunks; dropped",
+                payload.len(),
+                output::MAX_CHUNKS
+            ));
+        }
+        Ok(())
+    }
+
+    /// Flushes the batch into the tail (UDP has no evidence to wait for:
+    /// flushed is sent). False if the connection failed.
+    fn flush(&mut self) -> bool {
+        let o = self.out.as_mut().expect("connected");
+        if let Err(e) = o.flush() {
+            self.fail(&e);
+            return false;
+        }
+        let batch = std::mem::take(&mut self.unflushed);
+        match o.written() {
+            Some(wire_end) => self.tail.push(batch, wire_end),
+            None => self.released.extend(batch),
+        }
+        true
+    }
+
+    /// The connection is gone: everything not known to be read is sent
+    /// again on the next one, oldest first.
+    fn fail(&mut self, e: &str) {
+        self.out = None;
+        let mut again = self.tail.take_all();
+        again.append(&mut self.unflushed);
+        self.unflushed = again;
+        if self.down_since.is_none() {
+            log::error(&format!(
+                "Graylog connection lost: {e}; reconnecting, then sending again the {} messages not known to be read",
+                self.unflushed.len()
+            ));
+            self.down_since = Some(Instant::now());
+        }
+    }
+
+    fn commit(&mut self) -> Result<(), String> {
+        self.last_commit = Instant::now();
+        if self.released.is_empty() {
             return Ok(());
         }
-        if last_stats.0.elapsed() >= opts.stats_interval {
-            let rate =
-                (stats.forwarded - last_stats.1) as f64 / last_stats.0.elapsed().as_secs_f64();
-            log::info(&format!(
-                "forwarded {} ({rate:.0}/s), lag {}, reconnects {}, invalid {:?}, udp dropped {}",
-                stats.forwarded,
-                lag(&consumer)
-                    .map(|l| l.to_string())
-                    .unwrap_or_else(|| "?".into()),
-                stats.reconnects,
-                stats
-                    .invalid
-                    .iter()
-                    .map(|(k, v)| (k.name(), *v))
-                    .collect::<Vec<_>>(),
-                stats.dropped_udp
-            ));
-            last_stats = (Instant::now(), stats.forwarded);
+        self.stats.forwarded += self
+            .released
+            .iter()
+            .filter(|p| !p.payload.is_empty())
+            .count() as u64;
+        let batch = std::mem::take(&mut self.released);
+        commit(&self.consumer, &self.opts.topic, &batch)
+    }
+
+    /// Stopping with everything flushed: a close the peer answers shows it
+    /// read the whole tail; otherwise the tail is left for the next
+    /// forwarder to read again from Kafka.
+    fn finish(mut self) -> Result<(), String> {
+        if let Some(o) = self.out.take() {
+            if o.close_read_by_peer(CLOSE_WAIT) {
+                let all = self.tail.take_all();
+                self.released.extend(all);
+            }
         }
+        self.commit()?;
+        let left = self.tail.len();
+        if left > 0 {
+            log::warn(&format!(
+                "stopped: {} messages forwarded; Graylog did not close the connection within {} s, so the last {left} messages are not known to be read and will be forwarded again",
+                self.stats.forwarded,
+                CLOSE_WAIT.as_secs()
+            ));
+        } else {
+            log::info(&format!(
+                "stopped: {} messages forwarded",
+                self.stats.forwarded
+            ));
+        }
+        Ok(())
+    }
+
+    fn log_progress(&self, (since, before): (Instant, u64)) {
+        let rate = (self.stats.forwarded - before) as f64 / since.elapsed().as_secs_f64();
+        let lag = match lag(&self.consumer) {
+            Some(Lag::Waiting) => "unknown (waiting for partitions to be assigned)".to_string(),
+            Some(Lag::Messages(n)) => n.to_string(),
+            None => "?".into(),
+        };
+        log::info(&format!(
+            "forwarded {} ({rate:.0}/s), lag {lag}, not yet known read {}, resent {}, reconnects {}, invalid {:?}, udp dropped {}",
+            self.stats.forwarded,
+            self.tail.len() + self.unflushed.len(),
+            self.stats.resent,
+            self.stats.reconnects,
+            self.stats
+                .invalid
+                .iter()
+                .map(|(k, v)| (k.name(), *v))
+                .collect::<Vec<_>>(),
+            self.stats.dropped_udp
+        ));
     }
 }
 
 fn sleep_unless(stop: &AtomicBool, d: Duration) {
     let t0 = Instant::now();
     while t0.elapsed() < d && !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(20).min(d));
     }
-}
-
-fn fail(out: &mut Option<Output>, down_since: &mut Option<Instant>, e: &str) {
-    *out = None;
-    if down_since.is_none() {
-        log::error(&format!("Graylog connection lost: {e}; reconnecting"));
-        *down_since = Some(Instant::now());
-    }
-}
-
-fn send_one(o: &mut Output, payload: &[u8], stats: &mut Stats) -> Result<(), String> {
-    if !o.send(payload)? {
-        stats.dropped_udp += 1;
-        log::warn(&format!(
-            "a {}-byte message needs more than {} UDP chunks; dropped",
-            payload.len(),
-            output::MAX_CHUNKS
-        ));
-    }
-    Ok(())
-}
-
-fn resend(
-    o: &mut Output,
-    batch: &[Pending],
-    _opts: &ForwardOptions,
-    stats: &mut Stats,
-) -> Result<(), String> {
-    for p in batch.iter().filter(|p| !p.payload.is_empty()) {
-        send_one(o, &p.payload, stats)?;
-    }
-    Ok(())
 }
 
 /// Commits, per partition, the offset after the last message of the batch.
@@ -291,9 +447,18 @@ fn commit(consumer: &BaseConsumer, topic: &str, batch: &[Pending]) -> Result<(),
     Ok(())
 }
 
+enum Lag {
+    /// No partition is assigned yet: nothing to measure.
+    Waiting,
+    Messages(i64),
+}
+
 /// Messages in the assigned partitions not yet consumed.
-fn lag(consumer: &BaseConsumer) -> Option<i64> {
+fn lag(consumer: &BaseConsumer) -> Option<Lag> {
     let pos = consumer.position().ok()?;
+    if pos.count() == 0 {
+        return Some(Lag::Waiting);
+    }
     let mut total = 0;
     for e in pos.elements() {
         let (_, high) = consumer
@@ -303,5 +468,5 @@ fn lag(consumer: &BaseConsumer) -> Option<i64> {
             total += (high - o).max(0);
         }
     }
-    Some(total)
+    Some(Lag::Messages(total))
 }

@@ -3,9 +3,10 @@
 //! above the datagram size, optional gzip).
 
 use openssl::ssl::{SslConnector, SslFiletype, SslMethod, SslStream, SslVerifyMode};
-use std::io::{BufWriter, Write};
-use std::net::{TcpStream, ToSocketAddrs, UdpSocket};
-use std::time::Duration;
+use std::io::{BufWriter, Read, Write};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
 
 /// A parsed `--to` address.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,9 +89,46 @@ pub fn chunks(payload: &[u8], chunk_size: usize, id: [u8; 8]) -> Result<Vec<Vec<
         .collect())
 }
 
+/// The TCP socket under the buffers, counting the bytes handed to the kernel
+/// (after TLS, so they compare with what the peer's TCP acknowledges).
+#[derive(Debug)]
+pub struct Counted {
+    stream: TcpStream,
+    written: u64,
+}
+
+impl Read for Counted {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.stream.read(buf)
+    }
+}
+
+impl Write for Counted {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.stream.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.stream.flush()
+    }
+}
+
+impl Counted {
+    /// Bytes the peer's TCP has acknowledged: those written less those still
+    /// in the kernel's send queue (SIOCOUTQ counts sent-but-unacknowledged
+    /// and unsent bytes).
+    fn acked(&self) -> Option<u64> {
+        let mut queued: libc::c_int = 0;
+        // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one int for a TCP socket.
+        let r = unsafe { libc::ioctl(self.stream.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
+        (r == 0).then(|| self.written.saturating_sub(queued.max(0) as u64))
+    }
+}
+
 enum Conn {
-    Tcp(BufWriter<TcpStream>),
-    Tls(Box<BufWriter<SslStream<TcpStream>>>),
+    Tcp(BufWriter<Counted>),
+    Tls(Box<BufWriter<SslStream<Counted>>>),
     Udp(UdpSocket),
 }
 
@@ -119,7 +157,13 @@ fn tcp_connect(addr: &str) -> Result<TcpStream, String> {
 impl Output {
     pub fn connect(target: &Target, tls: &TlsOptions, udp: &UdpOptions) -> Result<Output, String> {
         let conn = match target {
-            Target::Tcp(a) => Conn::Tcp(BufWriter::with_capacity(256 * 1024, tcp_connect(a)?)),
+            Target::Tcp(a) => Conn::Tcp(BufWriter::with_capacity(
+                256 * 1024,
+                Counted {
+                    stream: tcp_connect(a)?,
+                    written: 0,
+                },
+            )),
             Target::Tls(a) => {
                 let mut b = SslConnector::builder(SslMethod::tls()).map_err(|e| e.to_string())?;
                 if let Some(ca) = &tls.ca_file {
@@ -139,7 +183,13 @@ impl Output {
                 let host = a.rsplit_once(':').map(|(h, _)| h).unwrap_or(a);
                 let s = b
                     .build()
-                    .connect(host, tcp_connect(a)?)
+                    .connect(
+                        host,
+                        Counted {
+                            stream: tcp_connect(a)?,
+                            written: 0,
+                        },
+                    )
                     .map_err(|e| format!("TLS handshake with {a}: {e}"))?;
                 Conn::Tls(Box::new(BufWriter::with_capacity(256 * 1024, s)))
             }
@@ -204,14 +254,72 @@ impl Output {
         }
     }
 
-    /// Pushes everything queued to the socket. Only after this succeeds may
-    /// the messages' offsets be committed.
+    /// Pushes everything queued to the kernel. That is not delivery: see
+    /// `acked` and `close_read_by_peer`, and `tail` for what is committed.
     pub fn flush(&mut self) -> Result<(), String> {
         match &mut self.conn {
             Conn::Tcp(w) => w.flush().map_err(|e| e.to_string()),
             Conn::Tls(w) => w.flush().map_err(|e| e.to_string()),
             Conn::Udp(_) => Ok(()),
         }
+    }
+
+    fn counted(&self) -> Option<&Counted> {
+        match &self.conn {
+            Conn::Tcp(w) => Some(w.get_ref()),
+            Conn::Tls(w) => Some(w.get_ref().get_ref()),
+            Conn::Udp(_) => None,
+        }
+    }
+
+    /// Bytes handed to the kernel so far on this connection (after
+    /// `flush`, every queued message is in it). None for UDP.
+    pub fn written(&self) -> Option<u64> {
+        self.counted().map(|c| c.written)
+    }
+
+    /// Bytes of this connection the peer's TCP has acknowledged. That is
+    /// not proof that Graylog read them (they may wait in its receive
+    /// buffer), only that they left ours. None for UDP.
+    pub fn acked(&self) -> Option<u64> {
+        self.counted().and_then(Counted::acked)
+    }
+
+    /// Ends the connection so that its end proves what was read: flushes,
+    /// closes our direction (TLS close_notify, then FIN) and waits up to
+    /// `limit` for the peer to close its side. A peer sees our FIN only
+    /// after reading every byte before it, so its close (EOF here) means
+    /// Graylog read everything sent. True only then; never for UDP.
+    pub fn close_read_by_peer(mut self, limit: Duration) -> bool {
+        if self.flush().is_err() {
+            return false;
+        }
+        let stream = match &mut self.conn {
+            Conn::Tcp(w) => &mut w.get_mut().stream,
+            Conn::Tls(w) => {
+                let _ = w.get_mut().shutdown();
+                &mut w.get_mut().get_mut().stream
+            }
+            Conn::Udp(_) => return false,
+        };
+        if stream.shutdown(Shutdown::Write).is_err() {
+            return false;
+        }
+        let t0 = Instant::now();
+        let mut buf = [0u8; 4096];
+        while t0.elapsed() < limit {
+            let left = limit
+                .saturating_sub(t0.elapsed())
+                .max(Duration::from_millis(1));
+            let _ = stream.set_read_timeout(Some(left));
+            match stream.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => return false,
+            }
+        }
+        false
     }
 }
 
