@@ -100,7 +100,7 @@ pub extern "C" fn mesos_gelf_set_log(f: Option<CLogFn>) {
 fn log_to_agent(level: i32, msg: &str) {
     let p = C_LOG.load(std::sync::atomic::Ordering::SeqCst);
     if p == 0 {
-        eprintln!("mesos-gelf: {msg}");
+        eprintln!("mesos-gelf: {}", crate::log::printable(msg));
         return;
     }
     // SAFETY: only ever set from a valid `CLogFn` by mesos_gelf_set_log.

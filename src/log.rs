@@ -1,6 +1,7 @@
 //! Where our log lines go: standard error by default; the agent module
 //! routes them to the agent's glog through a function the shim registers.
 
+use std::borrow::Cow;
 use std::sync::RwLock;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,7 +20,35 @@ pub fn set_sink(f: Sink) {
     *SINK.write().unwrap_or_else(|e| e.into_inner()) = Some(f);
 }
 
+/// A character that could forge or hide a line of ours: a control
+/// (newline, carriage return, escape ...) or invisible formatting (line and
+/// paragraph separators, bidirectional overrides, zero-width characters).
+pub fn unfit(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}' | '\u{061C}')
+}
+
+/// `s` with each unfit character written as its escape (`\n`, `\u{1b}`):
+/// what a task controls (an override, a label, an id, a path) cannot start
+/// a line of ours or move the terminal.
+pub fn printable(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(unfit) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 16);
+    for c in s.chars() {
+        if unfit(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Every line of ours goes out as one line: see [`printable`].
 pub fn emit(level: Level, msg: &str) {
+    let msg = &*printable(msg);
     let sink = *SINK.read().unwrap_or_else(|e| e.into_inner());
     match sink {
         Some(f) => f(level as i32, msg),

@@ -302,7 +302,7 @@ fn the_version_1_spool_fixture_is_read_forever() {
 }
 
 #[test]
-fn a_newer_spool_format_is_refused_and_kept() {
+fn a_newer_spool_format_is_refused_kept_and_never_ends_publish_with_0() {
     let d = tempfile::tempdir().unwrap();
     // meta.json of a newer version.
     let spool = fixture_v1(d.path());
@@ -315,7 +315,14 @@ fn a_newer_spool_format_is_refused_and_kept() {
             .arg(&spool),
         Duration::from_secs(60),
     );
-    ran.assert_code(0);
+    // Never 0 while records wait (issue 32: it exited 0).
+    ran.assert_code(3);
+    assert!(
+        ran.stderr()
+            .contains("1 container spool(s) in a newer format"),
+        "{}",
+        ran.stderr()
+    );
     assert!(ran.stdout.is_empty(), "nothing of it shipped");
     assert!(
         ran.stderr().contains("newer spool format"),
@@ -328,6 +335,17 @@ fn a_newer_spool_format_is_refused_and_kept() {
             .exists(),
         "kept"
     );
+    // status and cat say why it waits (they showed an ordinary backlog).
+    let sp = spool.to_str().unwrap();
+    let status = spool_cmd(&["status", "--spool-dir", sp]);
+    let shown = String::from_utf8_lossy(&status.stdout);
+    assert!(shown.contains("fixture-v1: newer spool format"), "{shown}");
+    let cat = spool_cmd(&["cat", "fixture-v1", "--spool-dir", sp]);
+    assert!(
+        cat.stderr().contains("newer spool format"),
+        "{}",
+        cat.stderr()
+    );
     // A segment of a newer version behind a readable one.
     let d2 = tempfile::tempdir().unwrap();
     let spool = fixture_v1(d2.path());
@@ -339,7 +357,12 @@ fn a_newer_spool_format_is_refused_and_kept() {
             .arg(&spool),
         Duration::from_secs(60),
     );
-    ran.assert_code(0);
+    ran.assert_code(3);
+    assert!(
+        ran.stderr().contains("upgrade mesos-gelf to ship them"),
+        "{}",
+        ran.stderr()
+    );
     assert_eq!(
         gelf_lines(&ran.stdout).len(),
         6,
@@ -505,4 +528,30 @@ fn cat_takes_the_container_the_id_names_before_a_directory_of_that_name() {
     assert!(!out.lines().any(|l| l.starts_with("FAKE")), "{out}");
     assert!(!out.contains('\u{1b}'), "{out}");
     assert!(out.contains("line1\\nFAKE row\\u{1b}"), "{out}");
+}
+
+/// `spool cat ... | head`: the reader closing the pipe ends cat quietly,
+/// as a shell reports SIGPIPE (it printed `writing: Broken pipe`).
+#[test]
+fn spool_cat_into_a_closed_pipe_ends_quietly_with_141() {
+    use std::io::{BufRead, BufReader};
+    let d = tempfile::tempdir().unwrap();
+    let spool = left_spool(d.path(), "c-pipe", 200_000);
+    let mut c = Command::new(bin())
+        .args(["spool", "cat", "c-pipe", "--spool-dir"])
+        .arg(&spool)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(c.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert_eq!(first, "1\n");
+    let st = wait_child(&mut c, Duration::from_secs(60)).expect("cat ended");
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut c.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(st.code(), Some(141), "{err}");
+    assert!(err.is_empty(), "{err}");
 }

@@ -459,3 +459,63 @@ fn a_container_id_with_control_characters_is_refused_not_printed_raw() {
         assert!(ran.stderr().contains("--container-id"), "{}", ran.stderr());
     }
 }
+
+/// Values a task controls (an override in its environment, a label, an
+/// invalid regex whose error spans lines) are logged escaped: they can
+/// neither forge a line of ours nor send an escape to the terminal
+/// (issue 32: `GELF_LOGGER_TOPIC=$'bad\nmesos-gelf E: forged\x1b[2J'`
+/// printed a forged line and cleared the screen).
+#[test]
+fn values_a_task_controls_are_logged_escaped_never_raw() {
+    let forged = "bad\nmesos-gelf E: forged line\u{1b}[2J\u{2028}x";
+    let d = tempfile::tempdir().unwrap();
+    let cfg = d.path().join("config.json");
+    let labels = serde_json::json!([
+        {"key": "gelf.topic", "value": forged},
+        {"key": "gelf.multiline_start", "value": "(unclosed"},
+    ]);
+    std::fs::write(
+        &cfg,
+        serde_json::json!({
+            "directory": d.path().join("sandbox").display().to_string(),
+            "task_info": {"name": "t", "task_id": {"value": "t"}, "labels": {"labels": labels}}
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let by_env = Command::new(bin())
+        .args(["run", "--sandbox"])
+        .arg(d.path().join("sandbox-env"))
+        .args(["--", "sh", "-c", "echo hello"])
+        .env("GELF_LOGGER_TOPIC", forged)
+        .env("GELF_LOGGER_MULTILINE_START", "(unclosed")
+        .output()
+        .unwrap();
+    let by_label = Command::new(bin())
+        .args(["run", "--container-config"])
+        .arg(&cfg)
+        .args(["--", "sh", "-c", "echo hello"])
+        .output()
+        .unwrap();
+    for (how, out) in [("environment", by_env), ("labels", by_label)] {
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{how}: {err}");
+        assert!(
+            err.contains("forged line"),
+            "{how}: the bad value is named: {err}"
+        );
+        assert!(err.contains("invalid regex"), "{how}: {err}");
+        for line in err.lines() {
+            assert!(
+                line.starts_with("mesos-gelf W: ") || line.starts_with("mesos-gelf I: "),
+                "{how}: a line not ours: {line:?} in {err}"
+            );
+            assert!(
+                !line.contains("\u{1b}") && !line.contains("\u{2028}"),
+                "{how}: raw escape in {line:?}"
+            );
+        }
+        // Every line shipped still arrives under the default topic.
+        assert_eq!(gelf_lines(&out.stdout).len(), 1, "{how}");
+    }
+}

@@ -167,7 +167,7 @@ fn publish(
     match p.run() {
         Ok(()) => Ok(0),
         Err(why) => {
-            eprintln!("mesos-gelf: {why}");
+            eprintln!("mesos-gelf: {}", mesos_gelf_logger::log::printable(&why));
             Ok(run::EXIT_UNDELIVERED)
         }
     }
@@ -272,7 +272,7 @@ pub fn main() -> i32 {
     match r {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("mesos-gelf: {e}");
+            eprintln!("mesos-gelf: {}", mesos_gelf_logger::log::printable(&e));
             2
         }
     }

@@ -19,6 +19,7 @@
 //!   or stderr open, `run` says once which process it is waiting for.
 
 use clap::Args;
+use mesos_gelf_logger::log::printable;
 use mesos_gelf_logger::logger::Logger;
 use mesos_gelf_logger::publisher::{Options, GIVE_UP_AFTER};
 use std::os::fd::AsRawFd;
@@ -249,10 +250,7 @@ pub fn run(a: RunArgs) -> Result<i32, String> {
     // forge a line of ours (helper-9).
     // Nor may a line or paragraph separator, or a bidirectional override
     // (U+202E shows the rest of a line reversed).
-    let unfit = |c: char| {
-        c.is_control()
-            || matches!(c, '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
-    };
+    let unfit = mesos_gelf_logger::log::unfit;
     if container_id.is_empty()
         || container_id.chars().any(unfit)
         || container_id == "."
@@ -299,8 +297,9 @@ pub fn run(a: RunArgs) -> Result<i32, String> {
             return Err(e);
         }
         eprintln!(
-            "mesos-gelf: {e}; running {} with its sandbox files only: its lines are not shipped",
-            a.cmd[0]
+            "mesos-gelf: {}; running {} with its sandbox files only: its lines are not shipped",
+            printable(&e),
+            printable(&a.cmd[0])
         );
         failure = Some((e, false));
     }
@@ -383,7 +382,7 @@ pub fn run(a: RunArgs) -> Result<i32, String> {
                 Ok(()) => delivered = true,
                 Err(why) => {
                     let closed = why.starts_with("standard output closed");
-                    eprintln!("mesos-gelf: {why}");
+                    eprintln!("mesos-gelf: {}", printable(&why));
                     if child.is_some() {
                         if closed {
                             eprintln!("mesos-gelf: stopping {} (SIGTERM)", a.cmd[0]);

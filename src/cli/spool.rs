@@ -7,6 +7,7 @@
 
 use clap::{Args, Subcommand};
 use mesos_gelf_logger::gelf::{Encoder, Fit};
+use mesos_gelf_logger::log::printable;
 use mesos_gelf_logger::publisher::kafka::KafkaSink;
 use mesos_gelf_logger::publisher::sink::{Sink, Ticket};
 use mesos_gelf_logger::spool::inspect::{self, Status};
@@ -245,7 +246,7 @@ fn status(c: &Common) -> Result<i32, String> {
         // newline or an escape sequence must not forge or colour a row.
         let mut shown = String::with_capacity(s.len());
         for c in s.chars() {
-            if c.is_control() {
+            if mesos_gelf_logger::log::unfit(c) {
                 shown.extend(c.escape_default());
             } else {
                 shown.push(c);
@@ -286,6 +287,14 @@ fn status(c: &Common) -> Result<i32, String> {
                 .map_or("-".into(), |p| format!("{}:{}", p.segment, p.offset)),
             r.companion,
             if lost.is_empty() { "-".into() } else { lost }
+        );
+    }
+    for r in rows.iter().filter(|r| r.problem.is_some()) {
+        let _ = writeln!(
+            out,
+            "{}: {}",
+            cut(&r.key, 80),
+            printable(r.problem.as_deref().unwrap_or_default())
         );
     }
     let _ = writeln!(
@@ -335,8 +344,14 @@ fn cat(name: &str, c: &Common, range: &Range, gelf: bool, sets: &[String]) -> Re
     } else {
         None
     };
+    // A spool whose meta.json this release cannot read (a newer format,
+    // garbage) is shown, and said to be one.
+    if let Err(e) = mesos_gelf_logger::spool::ContainerMeta::load(&dir) {
+        eprintln!("mesos-gelf: warning: {}", printable(&e));
+    }
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut buf = Vec::new();
+    let mut closed = false;
     let torn = records(&dir, range, |rec| {
         let r = if let Some(e) = &enc {
             buf.clear();
@@ -355,8 +370,17 @@ fn cat(name: &str, c: &Common, range: &Range, gelf: bool, sets: &[String]) -> Re
             out.write_all(&rec.payload)
                 .and_then(|_| out.write_all(b"\n"))
         };
-        r.map_err(|e| format!("writing: {e}"))
-    })?;
+        r.map_err(|e| {
+            closed = e.kind() == std::io::ErrorKind::BrokenPipe;
+            format!("writing: {e}")
+        })
+    });
+    let torn = match torn {
+        // `spool cat ... | head`: the reader has what it wanted; end as a
+        // shell reports SIGPIPE, quietly.
+        Err(_) if closed => return Ok(141),
+        t => t?,
+    };
     let _ = out.flush();
     if torn > 0 {
         return Err(format!(
@@ -454,8 +478,9 @@ fn replay(
         }
     }
     eprintln!(
-        "mesos-gelf: replayed {acked} of {sent} records of {} to {topic}{}{}",
-        meta.identity.container_id,
+        "mesos-gelf: replayed {acked} of {sent} records of {} to {}{}{}",
+        printable(&meta.identity.container_id),
+        printable(topic),
         if torn > 0 {
             format!(" ({torn} corrupt frames skipped)")
         } else {

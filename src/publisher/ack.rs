@@ -94,6 +94,11 @@ impl Publisher {
                 Metrics::add(&self.metrics.retried, c.rewind());
                 return;
             }
+            // Handed back unsent (`check_errors`): read again from there.
+            Err(DeliveryError::TakenBack) => {
+                Metrics::add(&self.metrics.retried, c.take_back_from(d.ticket.index));
+                return;
+            }
             Err(DeliveryError::TooLarge(m)) | Err(DeliveryError::Other(m)) => m,
         };
         Metrics::add(&self.metrics.failed, 1);
@@ -146,6 +151,7 @@ impl Publisher {
     pub(super) fn after_deliveries(&mut self) {
         if std::mem::take(&mut self.acked_in_poll) {
             self.stall_since = (self.in_flight_msgs > 0).then(Instant::now);
+            self.held_back = false;
         }
     }
 
@@ -207,6 +213,9 @@ impl Publisher {
         if !waiting {
             self.stall_since = None;
         } else if let Some(t) = self.stall_since {
+            if t.elapsed() >= super::TAKE_BACK_AFTER && !self.held_back {
+                self.take_back_queued();
+            }
             if t.elapsed() >= STALL_AFTER {
                 self.health.stalled(t.elapsed());
             }
@@ -220,6 +229,20 @@ impl Publisher {
                 self.rebuild_sink(&why);
             }
         }
+    }
+
+    /// Acknowledgements stalled: takes back what the sink holds unsent and
+    /// holds records back until a delivery (see [`super::TAKE_BACK_AFTER`]).
+    /// The sink's answers are handled here, before anything more is sent.
+    fn take_back_queued(&mut self) {
+        self.held_back = true;
+        self.sink.take_back_queued();
+        let mut back = Vec::new();
+        self.sink.poll(Duration::ZERO, &mut back);
+        for d in back {
+            self.on_delivery(d);
+        }
+        self.after_deliveries();
     }
 
     pub(super) fn store_and_finish(&mut self) {
@@ -238,6 +261,7 @@ impl Publisher {
             }
             self.slots.remove(&c.slot);
             self.watcher.unwatch(&k);
+            self.newer.insert(k.clone());
             self.ignored.insert(k);
         }
         for c in self.containers.values_mut() {

@@ -148,6 +148,7 @@ impl Publisher {
                 if self.ignored.len() < IGNORED_MAX && self.ignored.insert(key.to_string()) {
                     log::error(&format!("{}: {e}", dir.display()));
                 }
+                self.newer.insert(key.to_string());
                 return;
             }
             Err(e) => {

@@ -88,6 +88,9 @@ impl ProducerContext for Ctx {
             // producer is broken, not the record: say so, and `fatal`
             // has it rebuilt.
             Err((e, _)) if *e == fenced => Err(self.fence(e)),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::PurgeQueue), _)) => {
+                Err(DeliveryError::TakenBack)
+            }
             Err((e, _)) => Err(DeliveryError::Other(e.to_string())),
         };
         if let Ok(mut d) = self.deliveries.lock() {
@@ -378,6 +381,18 @@ impl Sink for KafkaSink {
 
     fn take_errors(&mut self) -> Vec<String> {
         self.errors.try_iter().collect()
+    }
+
+    /// librdkafka spins its broker thread (poll with a zero timeout, a
+    /// whole core) while a partition has as many requests in flight as
+    /// idempotence allows (5) and more messages queued past `linger.ms`:
+    /// it computes a wake-up for the queued batch that it may not send.
+    /// Purging the queue (never what is in flight, which would leave a
+    /// gap in the sequence) ends that; librdkafka advances its sequence
+    /// base over the purged messages itself.
+    fn take_back_queued(&mut self) {
+        self.producer
+            .purge(rdkafka::producer::PurgeConfig::default().queue());
     }
 }
 

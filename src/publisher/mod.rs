@@ -46,6 +46,15 @@ use health::{Health, STALL_AFTER};
 /// and librdkafka keeps retrying it silently. A new producer gets a new id.
 /// Harmless when the broker is simply down: the new producer waits too.
 const REBUILD_STALLED_AFTER: Duration = Duration::from_secs(30);
+/// Records in flight without a delivery for this long: what the sink holds
+/// unsent is taken back, and records wait in the spool, not in librdkafka,
+/// whose broker thread spins a core over a queue it may not send (see
+/// `KafkaSink::take_back_queued`). Taking back costs no duplicate: those
+/// records never left.
+const TAKE_BACK_AFTER: Duration = Duration::from_millis(200);
+/// While held back: what goes out when nothing is in flight (one request,
+/// so nothing waits queued behind it).
+const PROBE_WINDOW: usize = 64 * 1024;
 const REBUILD_STALLED_MAX: Duration = Duration::from_secs(600);
 /// A sink that breaks again (a broker that fences every new producer) is
 /// rebuilt after 1 s, doubling to this, until a delivery succeeds: not in
@@ -237,6 +246,36 @@ impl Container {
             .or(self.rewound_ts)
     }
 
+    /// Takes back the records from `index` on, which the sink handed back
+    /// unsent (`DeliveryError::TakenBack`): they are read again from there,
+    /// after the records before them, which stay in flight. Returns how
+    /// many were taken back.
+    fn take_back_from(&mut self, index: u64) -> u64 {
+        let Some(front) = self.inflight.front().map(|e| e.index) else {
+            return 0;
+        };
+        let i = index.wrapping_sub(front) as usize;
+        let Some(first) = self.inflight.get(i) else {
+            return 0;
+        };
+        self.rewound_ts = self.rewound_ts.or(Some(first.ts_micros));
+        // A record's position is where the next one starts.
+        let from = match i {
+            0 => self.acked,
+            _ => self.inflight[i - 1].pos,
+        };
+        let n = (self.inflight.len() - i) as u64;
+        for e in self.inflight.drain(i..) {
+            self.inflight_bytes = self.inflight_bytes.saturating_sub(e.bytes);
+        }
+        self.next_index = index;
+        self.held = None;
+        self.finished = false;
+        self.may_have_data = true;
+        self.reader.seek(from);
+        n
+    }
+
     /// Takes back everything sent and not acknowledged: it is read again
     /// from the last acknowledged record, and deliveries still due for it
     /// are ignored. Returns how many records were taken back.
@@ -279,6 +318,9 @@ pub struct Publisher {
     unready: BTreeMap<String, Instant>,
     /// Entries of the spool root that are not ours (logged once).
     ignored: std::collections::BTreeSet<String>,
+    /// Container spools in a newer format than this release reads: kept
+    /// for one that does; `--until-empty` never ends 0 while they hold data.
+    newer: std::collections::BTreeSet<String>,
     /// Finished containers kept for `spool_retain` (replay), not published.
     retained: std::collections::BTreeSet<String>,
     watcher: Watcher,
@@ -291,6 +333,12 @@ pub struct Publisher {
     in_flight_msgs: u64,
     /// Since when records have been in flight without any delivery.
     stall_since: Option<Instant>,
+    /// Acknowledgements stalled and the sink's queue was taken back (see
+    /// [`TAKE_BACK_AFTER`]); until the next delivery, records go out only
+    /// when none is in flight, at most [`PROBE_WINDOW`] bytes at a time.
+    held_back: bool,
+    /// The window of this pump pass (see `held_back`).
+    window: usize,
     /// The spools held more than [`budget::NEAR`] of the budget at the
     /// last check: it is checked more often.
     budget_near: bool,
@@ -361,6 +409,7 @@ impl Publisher {
             next_slot: 1,
             unready: BTreeMap::new(),
             ignored: Default::default(),
+            newer: Default::default(),
             retained: Default::default(),
             watcher,
             health: Health::new(metrics.clone()),
@@ -370,6 +419,8 @@ impl Publisher {
             in_flight_bytes: 0,
             in_flight_msgs: 0,
             stall_since: None,
+            held_back: false,
+            window: 0,
             acked_in_poll: false,
             budget_near: false,
             latency: Default::default(),
@@ -542,6 +593,7 @@ impl Publisher {
                     self.scan_root();
                 }
                 if self.containers.is_empty() && !self.unready_with_data() {
+                    result = self.left_for_a_newer_release();
                     break;
                 }
                 if let Some(why) = self.gave_up() {
@@ -646,6 +698,26 @@ impl Publisher {
     /// With `give_up_after`: why to stop waiting, if every container left
     /// is blocked by a permanent error for that long (at once when the
     /// destination is closed).
+    /// Ending with nothing left to publish: an error if spools this
+    /// release cannot read still hold records.
+    fn left_for_a_newer_release(&self) -> Result<(), String> {
+        let left: Vec<&str> = self
+            .newer
+            .iter()
+            .filter(|k| self.opts.spool_dir.join(k).is_dir())
+            .map(String::as_str)
+            .collect();
+        if left.is_empty() {
+            return Ok(());
+        }
+        Err(format!(
+            "{} container spool(s) in a newer format than this release reads ({}) remain in {}: upgrade mesos-gelf to ship them",
+            left.len(),
+            left.iter().take(10).copied().collect::<Vec<_>>().join(", "),
+            self.opts.spool_dir.display()
+        ))
+    }
+
     fn gave_up(&self) -> Option<String> {
         let after = self.opts.give_up_after?;
         // Named, so the operator knows which spools to look at (at most a

@@ -17,9 +17,14 @@ const PROBE_RECORDS: usize = 1;
 impl Publisher {
     pub(super) fn pump_all(&mut self) -> bool {
         let mut progress = false;
+        self.window = match (self.held_back, self.in_flight_msgs) {
+            (false, _) => self.config.max_in_flight_bytes,
+            (true, 0) => PROBE_WINDOW.min(self.config.max_in_flight_bytes),
+            (true, _) => 0,
+        };
         let keys: Vec<String> = self.containers.keys().cloned().collect();
         for k in keys {
-            if self.in_flight_bytes >= self.config.max_in_flight_bytes || self.stopping() {
+            if self.in_flight_bytes >= self.window || self.stopping() {
                 break;
             }
             match self.pump(&k) {
@@ -103,7 +108,7 @@ impl Publisher {
             self.config.max_in_flight_bytes / 2
         };
         let mut sent = 0;
-        while sent < BATCH && self.in_flight_bytes < self.config.max_in_flight_bytes {
+        while sent < BATCH && self.in_flight_bytes < self.window {
             if stop.load(Ordering::Relaxed) {
                 break;
             }

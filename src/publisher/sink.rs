@@ -34,6 +34,9 @@ pub enum DeliveryError {
     /// (the broker fenced the producer) and says so in [`Sink::fatal`];
     /// the publisher rebuilds it and sends the record again.
     SinkBroken(String),
+    /// Handed back unsent at our request (`Sink::take_back_queued`): not
+    /// a failure; the record is read again and sent later.
+    TakenBack,
     Other(String),
 }
 
@@ -76,6 +79,9 @@ pub trait Sink: Send {
     fn fatal(&self) -> Option<String> {
         None
     }
+    /// Hands back, as `DeliveryError::TakenBack` deliveries, the records
+    /// the sink holds and has not yet sent (those sent stay in flight).
+    fn take_back_queued(&mut self) {}
     /// Errors the client reported since the last call (connection state).
     fn take_errors(&mut self) -> Vec<String> {
         Vec::new()
