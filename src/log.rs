@@ -58,7 +58,9 @@ pub fn emit(level: Level, msg: &str) {
                 Level::Warning => "W",
                 Level::Error => "E",
             };
-            eprintln!("mesos-gelf {tag}: {msg}");
+            // Not eprintln!: a closed stderr must not panic a logger.
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "mesos-gelf {tag}: {msg}");
         }
     }
 }

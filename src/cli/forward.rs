@@ -43,15 +43,16 @@ pub struct ForwardArgs {
     #[arg(long, default_value_t = 1000)]
     commit_interval_ms: u64,
     /// GELF TCP has no acknowledgement: a message written is kept, and sent
-    /// again after any connection loss, until the connection stayed up this
-    /// many seconds after Graylog's TCP acknowledged it ...
-    #[arg(long, default_value_t = 30)]
-    resend_window_s: u64,
-    /// ... or this many bytes were acknowledged after it (more than
-    /// Graylog's receive buffer holds unread: 1 MiB by default, at most
-    /// 6 MiB with Linux's autotuning).
+    /// again after any connection loss, until Graylog's TCP acknowledged
+    /// this many bytes after it (more than its receive buffer holds
+    /// unread: 2 MiB for Graylog's default recv_buffer_size of 1 MiB) ...
     #[arg(long, default_value_t = 8 << 20)]
     resend_window_bytes: u64,
+    /// ... or Graylog closed the connection after the forwarder's close,
+    /// which the forwarder asks for (and then reconnects) once the oldest
+    /// message kept was sent this many seconds ago.
+    #[arg(long, default_value_t = 30)]
+    confirm_after_s: u64,
     /// Seconds between progress lines.
     #[arg(long, default_value_t = 10)]
     stats_interval_s: u64,
@@ -103,8 +104,8 @@ pub fn forward(a: ForwardArgs) -> Result<i32, String> {
         commit_interval: Duration::from_millis(a.commit_interval_ms),
         stats_interval: Duration::from_secs(a.stats_interval_s.max(1)),
         host: mesos_gelf_logger::config::hostname(),
-        hold: Duration::from_secs(a.resend_window_s),
         hold_bytes: a.resend_window_bytes,
+        confirm_after: Duration::from_secs(a.confirm_after_s.max(1)),
     };
     forward::run(&opts, super::stop_on_signals())?;
     Ok(0)

@@ -16,7 +16,7 @@ pub mod tail;
 
 use crate::log;
 use check::Invalid;
-use output::{Output, Target, TlsOptions, UdpOptions};
+use output::{Output, Proof, Target, TlsOptions, UdpOptions};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -45,11 +45,11 @@ pub struct ForwardOptions {
     pub stats_interval: Duration,
     pub host: String,
     /// A message stays in the tail (sent again after a connection loss)
-    /// until the connection stayed up this long after the peer
-    /// acknowledged it ...
-    pub hold: Duration,
-    /// ... or this many bytes were acknowledged after it.
+    /// until this many bytes were acknowledged after it ...
     pub hold_bytes: u64,
+    /// ... or Graylog closed the connection after ours, which is asked
+    /// for once the oldest message kept was sent this long ago.
+    pub confirm_after: Duration,
 }
 
 impl ForwardOptions {
@@ -72,6 +72,13 @@ struct Stats {
 
 /// Graceful stop: how long the peer has to close after our FIN.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
+/// Longest wait between confirmations that keep failing.
+const CONFIRM_MAX: Duration = Duration::from_secs(600);
+/// How often an open connection is looked at for a reset while messages
+/// keep coming (when none come, at every pass).
+const PEER_CHECK_EVERY: Duration = Duration::from_secs(1);
+/// A connection that lived this long resets the reconnect backoff.
+const HEALTHY_AFTER: Duration = Duration::from_secs(10);
 
 /// Runs until `stop`: then flushes, closes the connection so that the peer
 /// shows what it read, commits that, returns.
@@ -98,7 +105,11 @@ pub fn run(opts: &ForwardOptions, stop: Arc<AtomicBool>) -> Result<(), String> {
         stats: Stats::default(),
         out: None,
         unflushed: Vec::new(),
-        tail: Tail::new(opts.hold, opts.hold_bytes),
+        tail: Tail::new(opts.hold_bytes),
+        confirm_after: opts.confirm_after,
+        retry_at: None,
+        connected_at: Instant::now(),
+        last_peer_check: Instant::now(),
         released: Vec::new(),
         last_commit: Instant::now(),
         backoff: Backoff::new(),
@@ -136,6 +147,14 @@ struct Forwarder<'a> {
     released: Vec<Pending>,
     last_commit: Instant,
     backoff: Backoff,
+    /// When to ask Graylog to confirm the tail by a close (doubles after a
+    /// confirmation that does not come, so that a slow reader still gets
+    /// through: every failed one sends the tail again).
+    confirm_after: Duration,
+    /// No connection before this (after a connection that failed young).
+    retry_at: Option<Instant>,
+    connected_at: Instant,
+    last_peer_check: Instant,
     down_since: Option<Instant>,
     logged_kinds: BTreeSet<Invalid>,
 }
@@ -146,7 +165,8 @@ impl Forwarder<'_> {
         loop {
             let stopping = stop.load(Ordering::Relaxed);
             // 1. A connection, or wait (consumption pauses while Graylog is down).
-            if self.out.is_none() && !self.connect() {
+            let waiting = self.retry_at.is_some_and(|t| Instant::now() < t);
+            if self.out.is_none() && (waiting || !self.connect()) {
                 if stopping {
                     self.commit()?;
                     log::warn(&format!(
@@ -155,7 +175,10 @@ impl Forwarder<'_> {
                     ));
                     return Ok(());
                 }
-                sleep_unless(stop, self.backoff.next());
+                if !waiting {
+                    self.retry_at = Some(Instant::now() + self.backoff.next());
+                }
+                sleep_unless(stop, Duration::from_millis(50));
                 continue;
             }
             // 2. Take a message while not stopping and there is room.
@@ -175,8 +198,30 @@ impl Forwarder<'_> {
             }
             // 4. What Graylog shows it read leaves the tail; commit it.
             if let Some(acked) = self.out.as_ref().and_then(Output::acked) {
-                let read = self.tail.release(acked, Instant::now());
+                let read = self.tail.release(acked);
+                if !read.is_empty() {
+                    self.backoff = Backoff::new();
+                }
                 self.released.extend(read);
+            }
+            // A reset or close while there is nothing to write would go
+            // unnoticed, and the tail would wait for the next message.
+            if !got || self.last_peer_check.elapsed() >= PEER_CHECK_EVERY {
+                self.last_peer_check = Instant::now();
+                if let Some(why) = self.out.as_ref().and_then(Output::peer_gone) {
+                    self.fail(&why);
+                    continue;
+                }
+            }
+            if !stopping
+                && self.unflushed.is_empty()
+                && self
+                    .tail
+                    .oldest_age(Instant::now())
+                    .is_some_and(|a| a >= self.confirm_after)
+            {
+                self.confirm(stop);
+                continue;
             }
             if self.released.len() >= self.opts.commit_every
                 || self.last_commit.elapsed() >= self.opts.commit_interval
@@ -193,6 +238,40 @@ impl Forwarder<'_> {
             if last_stats.0.elapsed() >= self.opts.stats_interval {
                 self.log_progress(last_stats);
                 last_stats = (Instant::now(), self.stats.forwarded);
+            }
+        }
+    }
+
+    /// Closes the connection so that Graylog's close confirms it read the
+    /// tail (see `Output::close_read_by_peer`); the next pass reconnects.
+    /// Without that confirmation, the tail is sent again.
+    fn confirm(&mut self, stop: &AtomicBool) {
+        let Some(o) = self.out.take() else { return };
+        let n = self.tail.len();
+        match o.close_read_by_peer(self.confirm_after.max(CLOSE_WAIT), stop) {
+            Proof::Read => {
+                let all = self.tail.take_all();
+                self.released.extend(all);
+                self.confirm_after = self.opts.confirm_after;
+                self.backoff = Backoff::new();
+                self.retry_at = None;
+            }
+            proof => {
+                let why = match proof {
+                    Proof::Failed(e) => e,
+                    _ => format!(
+                        "Graylog did not close the connection within {} s",
+                        self.confirm_after.max(CLOSE_WAIT).as_secs()
+                    ),
+                };
+                log::warn(&format!(
+                    "Graylog did not confirm reading the last {n} messages ({why}); sending them again on a new connection, and asking again after {} s",
+                    (self.confirm_after * 2).min(CONFIRM_MAX).as_secs()
+                ));
+                self.confirm_after = (self.confirm_after * 2).min(CONFIRM_MAX);
+                let mut again = self.tail.take_all();
+                again.append(&mut self.unflushed);
+                self.unflushed = again;
             }
         }
     }
@@ -221,8 +300,8 @@ impl Forwarder<'_> {
             ));
             self.stats.reconnects += 1;
         }
-        self.backoff = Backoff::new();
         self.out = Some(o);
+        self.connected_at = Instant::now();
         let again: Vec<Vec<u8>> = self
             .unflushed
             .iter()
@@ -259,9 +338,14 @@ impl Forwarder<'_> {
             Err(kind) => self.invalid(&payload, (partition, offset, kafka_time), kind),
         };
         let sent = if payload.is_empty() {
-            Ok(())
+            Ok(false)
         } else {
             self.send(&payload)
+        };
+        // A message dropped (UDP) is committed but not counted forwarded.
+        let payload = match sent {
+            Ok(false) => Vec::new(),
+            _ => payload,
         };
         self.unflushed.push(Pending {
             partition,
@@ -310,7 +394,8 @@ impl Forwarder<'_> {
         }
     }
 
-    fn send(&mut self, payload: &[u8]) -> Result<(), String> {
+    /// Writes one message. Ok(false): UDP cannot carry it (dropped, counted).
+    fn send(&mut self, payload: &[u8]) -> Result<bool, String> {
         let o = self.out.as_mut().expect("connected");
         if !o.send(payload)? {
             self.stats.dropped_udp += 1;
@@ -319,8 +404,9 @@ impl Forwarder<'_> {
                 payload.len(),
                 output::MAX_CHUNKS
             ));
+            return Ok(false);
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Flushes the batch into the tail (UDP has no evidence to wait for:
@@ -343,6 +429,14 @@ impl Forwarder<'_> {
     /// again on the next one, oldest first.
     fn fail(&mut self, e: &str) {
         self.out = None;
+        // A connection that fails young is not a recovery: wait out the
+        // backoff before the next (a Graylog or a load balancer that
+        // resets every connection at once made a reconnect loop).
+        if self.connected_at.elapsed() >= HEALTHY_AFTER {
+            self.backoff = Backoff::new();
+        } else {
+            self.retry_at = Some(Instant::now() + self.backoff.next());
+        }
         let mut again = self.tail.take_all();
         again.append(&mut self.unflushed);
         self.unflushed = again;
@@ -373,19 +467,28 @@ impl Forwarder<'_> {
     /// read the whole tail; otherwise the tail is left for the next
     /// forwarder to read again from Kafka.
     fn finish(mut self) -> Result<(), String> {
-        if let Some(o) = self.out.take() {
-            if o.close_read_by_peer(CLOSE_WAIT) {
-                let all = self.tail.take_all();
-                self.released.extend(all);
-            }
-        }
+        // Already stopping: the wait is bounded by CLOSE_WAIT alone.
+        let why = match self.out.take() {
+            Some(o) => match o.close_read_by_peer(CLOSE_WAIT, &AtomicBool::new(false)) {
+                Proof::Read => {
+                    let all = self.tail.take_all();
+                    self.released.extend(all);
+                    String::new()
+                }
+                Proof::NoAnswer => format!(
+                    "Graylog did not close the connection within {} s",
+                    CLOSE_WAIT.as_secs()
+                ),
+                Proof::Failed(e) => e,
+            },
+            None => "no connection".into(),
+        };
         self.commit()?;
         let left = self.tail.len();
         if left > 0 {
             log::warn(&format!(
-                "stopped: {} messages forwarded; Graylog did not close the connection within {} s, so the last {left} messages are not known to be read and will be forwarded again",
+                "stopped: {} messages forwarded; the last {left} are not known to be read ({why}) and will be forwarded again",
                 self.stats.forwarded,
-                CLOSE_WAIT.as_secs()
             ));
         } else {
             log::info(&format!(
@@ -399,7 +502,9 @@ impl Forwarder<'_> {
     fn log_progress(&self, (since, before): (Instant, u64)) {
         let rate = (self.stats.forwarded - before) as f64 / since.elapsed().as_secs_f64();
         let lag = match lag(&self.consumer) {
-            Some(Lag::Waiting) => "unknown (waiting for partitions to be assigned)".to_string(),
+            Some(Lag::Waiting) => {
+                "unknown (no partition assigned: waiting for the group, or for Kafka)".to_string()
+            }
             Some(Lag::Messages(n)) => n.to_string(),
             None => "?".into(),
         };

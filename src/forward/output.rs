@@ -6,6 +6,7 @@ use openssl::ssl::{SslConnector, SslFiletype, SslMethod, SslStream, SslVerifyMod
 use std::io::{BufWriter, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs, UdpSocket};
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// A parsed `--to` address.
@@ -285,14 +286,52 @@ impl Output {
         self.counted().and_then(Counted::acked)
     }
 
+    fn stream(&self) -> Option<&TcpStream> {
+        self.counted().map(|c| &c.stream)
+    }
+
+    /// Whether Graylog has closed or reset the connection, looked at
+    /// without waiting: writes alone would not notice while there is
+    /// nothing to send. Some(why) when it has. GELF inputs never send, so
+    /// any byte is ignored.
+    pub fn peer_gone(&self) -> Option<String> {
+        let stream = self.stream()?;
+        let mut b = [0u8; 1];
+        // SAFETY: a one-byte buffer; MSG_PEEK | MSG_DONTWAIT never blocks.
+        let n = unsafe {
+            libc::recv(
+                stream.as_raw_fd(),
+                b.as_mut_ptr() as *mut libc::c_void,
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        match n {
+            0 => Some("Graylog closed the connection".into()),
+            n if n > 0 => None,
+            _ => {
+                let e = std::io::Error::last_os_error();
+                match e.kind() {
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => None,
+                    _ => Some(e.to_string()),
+                }
+            }
+        }
+    }
+
     /// Ends the connection so that its end proves what was read: flushes,
     /// closes our direction (TLS close_notify, then FIN) and waits up to
-    /// `limit` for the peer to close its side. A peer sees our FIN only
-    /// after reading every byte before it, so its close (EOF here) means
-    /// Graylog read everything sent. True only then; never for UDP.
-    pub fn close_read_by_peer(mut self, limit: Duration) -> bool {
-        if self.flush().is_err() {
-            return false;
+    /// `limit` (or `stop`) for Graylog to close its side. It sees our FIN
+    /// only after reading every byte before it, and a Linux peer that
+    /// closes with bytes unread resets instead; so its FIN after ours
+    /// means it read everything sent. A peer that had closed its side
+    /// first proves nothing. Never proof for UDP.
+    pub fn close_read_by_peer(mut self, limit: Duration, stop: &AtomicBool) -> Proof {
+        if let Err(e) = self.flush() {
+            return Proof::Failed(e);
+        }
+        if let Some(why) = self.peer_gone() {
+            return Proof::Failed(format!("{why} before ours was closed"));
         }
         let stream = match &mut self.conn {
             Conn::Tcp(w) => &mut w.get_mut().stream,
@@ -300,27 +339,44 @@ impl Output {
                 let _ = w.get_mut().shutdown();
                 &mut w.get_mut().get_mut().stream
             }
-            Conn::Udp(_) => return false,
+            Conn::Udp(_) => return Proof::Failed("UDP has no acknowledgement".into()),
         };
-        if stream.shutdown(Shutdown::Write).is_err() {
-            return false;
+        if let Err(e) = stream.shutdown(Shutdown::Write) {
+            return Proof::Failed(e.to_string());
         }
         let t0 = Instant::now();
         let mut buf = [0u8; 4096];
-        while t0.elapsed() < limit {
-            let left = limit
-                .saturating_sub(t0.elapsed())
-                .max(Duration::from_millis(1));
-            let _ = stream.set_read_timeout(Some(left));
+        let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+        while t0.elapsed() < limit && !stop.load(Ordering::Relaxed) {
             match stream.read(&mut buf) {
-                Ok(0) => return true,
+                Ok(0) => return Proof::Read,
                 Ok(_) => continue,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(_) => return false,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::Interrupted
+                            | std::io::ErrorKind::WouldBlock
+                            | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    continue
+                }
+                Err(e) => return Proof::Failed(e.to_string()),
             }
         }
-        false
+        Proof::NoAnswer
     }
+}
+
+/// What the end of a connection showed (`Output::close_read_by_peer`).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Proof {
+    /// Graylog closed after our FIN: it read everything sent.
+    Read,
+    /// It did not close within the limit (still reading, or stalled).
+    NoAnswer,
+    /// The connection failed (reset, closed first): nothing is shown.
+    Failed(String),
 }
 
 #[cfg(test)]

@@ -8,13 +8,11 @@
 //! read it, and everything kept is sent again after any connection loss
 //! (duplicates, never loss). The evidence, on the connection it was last
 //! sent on, is one of:
-//! - `hold_bytes` more bytes acknowledged after it: a receive buffer (1 MiB
-//!   in Graylog's inputs, at most 6 MiB with Linux's autotuning) cannot
-//!   hold them all unread, so Graylog read past it;
-//! - the connection stayed up `hold` after the peer acknowledged it (a
-//!   Graylog that stalls longer than that and then dies loses what it held);
-//! - the peer closed the connection after our FIN (`Output::close_read_by_peer`).
-
+//! - `hold_bytes` more bytes acknowledged after it: a receive buffer (2 MiB
+//!   for Graylog's default `recv_buffer_size` of 1 MiB, which Linux
+//!   doubles) cannot hold them all unread, so Graylog read past it;
+//! - Graylog closed the connection after our FIN (`Output::close_read_by_peer`),
+//!   which the forwarder asks for when the oldest message kept is old.
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -31,24 +29,27 @@ pub struct Pending {
 struct Flushed {
     msgs: Vec<Pending>,
     wire_end: u64,
-    acked_at: Option<Instant>,
+    sent_at: Instant,
 }
 
 pub struct Tail {
     flushed: VecDeque<Flushed>,
     bytes: usize,
-    hold: Duration,
     hold_bytes: u64,
 }
 
 impl Tail {
-    pub fn new(hold: Duration, hold_bytes: u64) -> Tail {
+    pub fn new(hold_bytes: u64) -> Tail {
         Tail {
             flushed: VecDeque::new(),
             bytes: 0,
-            hold,
             hold_bytes,
         }
+    }
+
+    /// How long ago the oldest message kept was sent on this connection.
+    pub fn oldest_age(&self, now: Instant) -> Option<Duration> {
+        self.flushed.front().map(|f| now.duration_since(f.sent_at))
     }
 
     /// Payload bytes kept (what a reconnect sends again).
@@ -74,25 +75,16 @@ impl Tail {
         self.flushed.push_back(Flushed {
             msgs,
             wire_end,
-            acked_at: None,
+            sent_at: Instant::now(),
         });
     }
 
-    /// Takes off the front what the evidence shows read, given that the
-    /// peer's TCP acknowledged `acked` bytes of the connection by `now`.
-    pub fn release(&mut self, acked: u64, now: Instant) -> Vec<Pending> {
+    /// Takes off the front what Graylog must have read, given that its
+    /// TCP acknowledged `acked` bytes of the connection.
+    pub fn release(&mut self, acked: u64) -> Vec<Pending> {
         let mut out = Vec::new();
-        for f in self.flushed.iter_mut() {
-            if f.acked_at.is_none() && acked >= f.wire_end {
-                f.acked_at = Some(now);
-            }
-        }
         while let Some(f) = self.flushed.front() {
-            let read_past = acked >= f.wire_end.saturating_add(self.hold_bytes);
-            let held = f
-                .acked_at
-                .is_some_and(|t| now.duration_since(t) >= self.hold);
-            if !(read_past || held) {
+            if acked < f.wire_end.saturating_add(self.hold_bytes) {
                 break;
             }
             out.extend(self.pop());
@@ -134,22 +126,21 @@ mod tests {
 
     #[test]
     fn nothing_leaves_on_an_acknowledgement_alone() {
-        let mut t = Tail::new(Duration::from_secs(30), 1000);
+        let mut t = Tail::new(1000);
         t.push(msgs(0, 5), 500);
-        let now = Instant::now();
-        assert!(t.release(500, now).is_empty());
+        assert!(t.release(500).is_empty());
+        assert!(t.release(1499).is_empty());
         assert_eq!(t.len(), 5);
         assert_eq!(t.bytes(), 500);
     }
 
     #[test]
     fn bytes_acknowledged_past_the_hold_release_in_order() {
-        let mut t = Tail::new(Duration::from_secs(30), 1000);
+        let mut t = Tail::new(1000);
         t.push(msgs(0, 5), 500);
         t.push(msgs(5, 5), 1000);
         t.push(msgs(10, 5), 1500);
-        let now = Instant::now();
-        let r = t.release(2000, now);
+        let r = t.release(2000);
         assert_eq!(
             r.iter().map(|p| p.offset).collect::<Vec<_>>(),
             (0..10).collect::<Vec<_>>()
@@ -158,23 +149,19 @@ mod tests {
     }
 
     #[test]
-    fn time_since_the_acknowledgement_releases() {
-        let mut t = Tail::new(Duration::from_secs(30), 1 << 30);
-        t.push(msgs(0, 5), 500);
-        t.push(msgs(5, 5), 1000);
+    fn the_oldest_age_is_that_of_the_front() {
+        let mut t = Tail::new(1000);
         let t0 = Instant::now();
-        assert!(t.release(500, t0).is_empty());
-        // The second batch is acknowledged later: it waits its own hold.
-        assert!(t.release(1000, t0 + Duration::from_secs(20)).is_empty());
-        assert_eq!(t.release(1000, t0 + Duration::from_secs(30)).len(), 5);
-        assert!(t.release(1000, t0 + Duration::from_secs(49)).is_empty());
-        assert_eq!(t.release(1000, t0 + Duration::from_secs(50)).len(), 5);
-        assert!(t.is_empty());
+        assert_eq!(t.oldest_age(t0), None);
+        t.push(msgs(0, 1), 100);
+        t.push(msgs(1, 1), 200);
+        let later = Instant::now() + Duration::from_secs(5);
+        assert!(t.oldest_age(later).unwrap() >= Duration::from_secs(5));
     }
 
     #[test]
     fn take_all_returns_everything_oldest_first() {
-        let mut t = Tail::new(Duration::from_secs(30), 1000);
+        let mut t = Tail::new(1000);
         t.push(msgs(0, 3), 300);
         t.push(msgs(3, 3), 600);
         let all = t.take_all();
