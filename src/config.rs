@@ -541,8 +541,10 @@ impl Config {
                         "missing the librdkafka property name after `kafka.`",
                     ));
                 }
-                if prop == "bootstrap.servers" && value.trim().is_empty() {
-                    return Err(err(key, "must not be empty (host:port[,host:port...])"));
+                // librdkafka takes ` , ` and then waits for ever on "No
+                // brokers configured".
+                if prop == "bootstrap.servers" && value.split(',').all(|s| s.trim().is_empty()) {
+                    return Err(err(key, "names no broker (host:port[,host:port...])"));
                 }
                 c.kafka.insert(prop.to_string(), value.to_string());
                 continue;
@@ -573,6 +575,12 @@ impl Config {
                 "host" => {
                     if value.trim().is_empty() {
                         return Err(err(key, "must not be empty"));
+                    }
+                    if value.chars().any(crate::log::unfit) {
+                        return Err(err(
+                            key,
+                            "must hold no control or invisible formatting characters",
+                        ));
                     }
                     c.host = value.trim().to_string();
                 }
@@ -720,8 +728,15 @@ mod tests {
             assert_eq!(e.key, "topic", "{bad}");
         }
         assert!(Config::from_pairs(&[("topic", "...")]).is_ok());
-        let e = Config::from_pairs(&[("kafka.bootstrap.servers", " ")]).unwrap_err();
-        assert_eq!(e.key, "kafka.bootstrap.servers");
+        for blank in [" ", " , ", ",,", "\t,"] {
+            let e = Config::from_pairs(&[("kafka.bootstrap.servers", blank)]).unwrap_err();
+            assert_eq!(e.key, "kafka.bootstrap.servers", "{blank:?}");
+        }
+        assert!(Config::from_pairs(&[("kafka.bootstrap.servers", "h:1, ")]).is_ok());
+        for bad in ["a\nb", "a\u{1b}[2J", "a\u{2028}b"] {
+            let e = Config::from_pairs(&[("host", bad)]).unwrap_err();
+            assert_eq!(e.key, "host", "{bad:?}");
+        }
     }
 
     #[test]

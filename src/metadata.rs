@@ -156,7 +156,18 @@ fn labels_at(root: &Value, path: &[&str], warnings: &mut Vec<String>) -> Vec<(St
     let mut out = Vec::new();
     for item in list {
         let key = item.get("key").and_then(Value::as_str);
-        let value = item.get("value").and_then(Value::as_str).unwrap_or("");
+        let value = match item.get("value") {
+            None | Some(Value::Null) => "",
+            Some(Value::String(s)) => s,
+            Some(other) => {
+                warnings.push(format!(
+                    "label {:?} in `{name}`: its value should be a string, found {}; kept with an empty value",
+                    key.unwrap_or(""),
+                    kind(other)
+                ));
+                ""
+            }
+        };
         match key {
             Some(k) => out.push((k.to_string(), value.to_string())),
             None => warnings.push(format!("a label in `{name}` has no string key; ignored")),
@@ -524,6 +535,32 @@ mod tests {
             .unwrap_err()
             .0
             .contains("found a number"));
+    }
+
+    #[test]
+    fn a_label_value_that_is_not_a_string_is_kept_empty_with_a_warning() {
+        let cfg = serde_json::json!({
+            "directory": "/tmp/x",
+            "task_info": {"name": "t", "task_id": {"value": "t1"}, "labels": {"labels": [
+                {"key": "obj", "value": {"a": 1}},
+                {"key": "num", "value": 7},
+                {"key": "ok", "value": "v"},
+            ]}},
+        });
+        let p = parse("c1", &cfg.to_string(), "G_").unwrap();
+        let find = |k: &str| p.all_labels.iter().find(|(x, _)| x == k).cloned();
+        assert_eq!(find("obj"), Some(("obj".into(), String::new())));
+        assert_eq!(find("ok"), Some(("ok".into(), "v".into())));
+        let said: Vec<&String> = p
+            .warnings
+            .iter()
+            .filter(|w| w.contains("should be a string"))
+            .collect();
+        assert_eq!(said.len(), 2, "{:?}", p.warnings);
+        assert!(
+            said[0].contains("\"obj\"") && said[0].contains("object"),
+            "{said:?}"
+        );
     }
 
     #[test]

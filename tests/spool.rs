@@ -396,3 +396,50 @@ fn planted_links_and_fifos_in_data_are_never_followed_written_or_waited_on() {
     assert!(warning.unwrap().contains("not a regular file"));
     assert_eq!(r.position(), Position::default());
 }
+
+/// Records read, then taken back from the sink, are read again even when
+/// the companion unlinked their segments meanwhile (its cap, a full
+/// filesystem): the reader keeps the descriptors of segments it passed
+/// until they are acknowledged. Before, a seek back into an unlinked
+/// segment skipped to the first one left, past records the ledger counted
+/// as read: lost, and never named.
+#[test]
+fn a_seek_back_reads_again_segments_unlinked_since() {
+    let d = tempfile::tempdir().unwrap();
+    // Small segments: the records span several.
+    let mut w = SpoolWriter::open(d.path(), 200, 1 << 30).unwrap();
+    for i in 1..=40u64 {
+        w.append(&rec(i, format!("record {i} with a payload").as_bytes()));
+        w.flush();
+    }
+    w.finish(&mut 0, [40, 0]).unwrap();
+    let segs = list_segments(d.path()).unwrap();
+    assert!(segs.len() >= 4, "{segs:?}");
+    let (first, mut r, finished) = read_all(d.path());
+    assert!(finished && first.len() == 40);
+    for s in &segs[..segs.len() - 1] {
+        std::fs::remove_file(segment_path(d.path(), *s)).unwrap();
+    }
+    r.seek(Position {
+        segment: segs[0],
+        offset: 0,
+    });
+    let mut again = Vec::new();
+    while let Next::Record(rec, _) = r.read_next().unwrap() {
+        again.push(rec.seq);
+    }
+    assert_eq!(again, (1..=40).collect::<Vec<_>>());
+    // Acknowledged past them, they are let go: a new seek back finds
+    // only what is on disk.
+    r.release_before(*segs.last().unwrap());
+    r.seek(Position {
+        segment: segs[0],
+        offset: 0,
+    });
+    let mut left = Vec::new();
+    while let Next::Record(rec, _) = r.read_next().unwrap() {
+        left.push(rec.seq);
+    }
+    assert_eq!(left.last(), Some(&40));
+    assert!(left.len() < 40, "{left:?}");
+}

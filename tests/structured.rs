@@ -248,7 +248,7 @@ fn hostile_json_is_capped_renamed_or_passed_through() {
 fn kept_numbers_are_exact_or_strings() {
     // parse_numbers=keep: what Graylog can store as a long or a double stays
     // a number, digit for digit; anything else arrives as its exact text.
-    let line = r#"{"msg":"keep","big":123456789012345678901234567890,"i":-5,"u":18446744073709551615,"f":1.5,"inf":1e999,"exact":9007199254740993,"neg":-9223372036854775808}"#;
+    let line = r#"{"msg":"keep","big":123456789012345678901234567890,"i":-5,"u":18446744073709551615,"f":1.5,"inf":1e999,"exact":9007199254740993,"neg":-9223372036854775808,"tiny":1e-400,"sub":4e-310,"long":0.12345678901234567891,"zero":0.0e5,"small":2.5e-300}"#;
     let msgs = run_sh(
         &["parse=json", "parse_numbers=keep"],
         &format!("echo '{line}'"),
@@ -264,6 +264,13 @@ fn kept_numbers_are_exact_or_strings() {
     assert_eq!(v["_f"].as_f64(), Some(1.5));
     assert_eq!(v["_exact"].as_i64(), Some(9_007_199_254_740_993));
     assert_eq!(v["_neg"].as_i64(), Some(i64::MIN));
+    // A double cannot hold these as written (issue 32: 1e-400 became 0.0):
+    // their text.
+    assert_eq!(v["_tiny"], "1e-400");
+    assert_eq!(v["_sub"], "4e-310");
+    assert_eq!(v["_long"], "0.12345678901234567891");
+    assert_eq!(v["_zero"].as_f64(), Some(0.0));
+    assert_eq!(v["_small"].as_f64(), Some(2.5e-300));
 }
 
 #[test]

@@ -519,3 +519,48 @@ fn values_a_task_controls_are_logged_escaped_never_raw() {
         assert_eq!(gelf_lines(&out.stdout).len(), 1, "{how}");
     }
 }
+
+/// `run --set drop_privileges=true` with a config naming a user: the
+/// sandbox `run` makes is that user's, as the agent gives a task its
+/// sandbox (issue 32: it was root's 0755, and the companion, as `nobody`,
+/// wrote not one byte of it).
+#[test]
+fn a_sandbox_run_makes_for_a_user_is_that_users() {
+    use std::os::unix::fs::MetadataExt;
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: needs root to change users");
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        d.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let sandbox = d.path().join("sandbox");
+    let cfg = d.path().join("config.json");
+    std::fs::write(
+        &cfg,
+        serde_json::json!({"directory": sandbox.display().to_string(), "user": "nobody"})
+            .to_string(),
+    )
+    .unwrap();
+    let out = Command::new(bin())
+        .args(["run", "--set", "drop_privileges=true", "--sandbox"])
+        .arg(&sandbox)
+        .arg("--container-config")
+        .arg(&cfg)
+        .args(["--", "sh", "-c", "echo hello"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let nobody = mesos_gelf_logger::privileges::lookup("nobody").unwrap();
+    assert_eq!(std::fs::metadata(&sandbox).unwrap().uid(), nobody.uid);
+    assert_eq!(
+        std::fs::read_to_string(sandbox.join("stdout")).unwrap(),
+        "hello\n",
+        "{err}"
+    );
+    assert!(!err.contains("sandbox_write"), "{err}");
+}

@@ -183,6 +183,29 @@ enum End {
     Interrupted(i32),
 }
 
+/// The companion drops to the config's `user`: a sandbox `run` made is
+/// given to that user, as the agent gives a task its sandbox (it was
+/// root's, mode 0755, and not one byte of the task's output reached it).
+fn give_sandbox_to_user(sandbox: &std::path::Path, json: &str) {
+    let user = serde_json::from_str::<serde_json::Value>(json)
+        .ok()
+        .and_then(|v| v.get("user")?.as_str().map(String::from));
+    // SAFETY: geteuid has no preconditions.
+    let Some(user) = user.filter(|_| unsafe { libc::geteuid() } == 0) else {
+        return;
+    };
+    // An unknown user: prepare() says so and keeps our user.
+    if let Ok(r) = mesos_gelf_logger::privileges::lookup(&user) {
+        if let Err(e) = std::os::unix::fs::chown(sandbox, Some(r.uid), Some(r.gid)) {
+            eprintln!(
+                "mesos-gelf: cannot give the sandbox {} to {}: {e}",
+                sandbox.display(),
+                printable(&user)
+            );
+        }
+    }
+}
+
 pub fn run(a: RunArgs) -> Result<i32, String> {
     let mut config = super::config_from_sets(&a.set)?;
     // A local tool: the sandbox is yours, whatever user the config names.
@@ -216,12 +239,18 @@ pub fn run(a: RunArgs) -> Result<i32, String> {
     }
     let spool_root = config.spool_dir.clone().expect("set above");
     let sandbox = a.sandbox.unwrap_or_else(|| PathBuf::from("sandbox"));
+    let made = !sandbox.exists();
     std::fs::create_dir_all(&sandbox)
         .map_err(|e| format!("cannot create sandbox {}: {e}", sandbox.display()))?;
     let sandbox = std::fs::canonicalize(&sandbox).map_err(|e| e.to_string())?;
     let json = match &a.container_config {
         Some(f) => {
-            std::fs::read_to_string(f).map_err(|e| format!("cannot read {}: {e}", f.display()))?
+            let json = std::fs::read_to_string(f)
+                .map_err(|e| format!("cannot read {}: {e}", f.display()))?;
+            if made && config.drop_privileges {
+                give_sandbox_to_user(&sandbox, &json);
+            }
+            json
         }
         // The command inherits our environment, so its per-task overrides
         // (`GELF_LOGGER_TOPIC=...`, `env_prefix`) are ours, as a task's are

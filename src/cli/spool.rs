@@ -95,6 +95,10 @@ fn root(c: &Common) -> Result<PathBuf, String> {
     if !d.is_dir() {
         return Err(format!("spool directory {} does not exist", d.display()));
     }
+    // A spool is root's, mode 0700: say so, not that it is no spool.
+    if let Err(e) = std::fs::read_dir(&d) {
+        return Err(format!("cannot read {}: {e}", d.display()));
+    }
     if !inspect::is_spool_root(&d) {
         return Err(format!(
             "{} is not a mesos-gelf spool (no publisher.lock, metrics.json or container spool in it)",
@@ -461,6 +465,7 @@ fn replay(
     })?;
     // Wait for every delivery report (or give up after a minute without any).
     let mut last = (acked + failed, Instant::now());
+    let mut said = false;
     while acked + failed < sent {
         drain(
             &mut sink,
@@ -470,6 +475,15 @@ fn replay(
         );
         if acked + failed != last.0 {
             last = (acked + failed, Instant::now());
+        } else if !said && last.1.elapsed() > Duration::from_secs(5) {
+            // Once, so a dead broker is not a minute of silence.
+            said = true;
+            let why = sink.take_errors().pop();
+            eprintln!(
+                "mesos-gelf: waiting for Kafka to acknowledge {} of {sent} records (giving up after 60 s without any){}",
+                sent - acked - failed,
+                why.map_or(String::new(), |e| format!(": {}", printable(&e)))
+            );
         } else if last.1.elapsed() > Duration::from_secs(60) {
             for e in sink.take_errors() {
                 last_error = Some(e);

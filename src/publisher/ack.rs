@@ -20,6 +20,7 @@ fn mark_acked(c: &mut Container, index: u64, delivered: Option<(&mut Latency, i6
             }
         }
     }
+    let segment = c.acked.segment;
     while c.inflight.front().is_some_and(|e| e.acked) {
         let e = c.inflight.pop_front().expect("front");
         c.rewound_ts = None;
@@ -27,6 +28,9 @@ fn mark_acked(c: &mut Container, index: u64, delivered: Option<(&mut Latency, i6
         c.acked = e.pos;
         c.acked_since_store += 1;
         acked_record(c, e.stream, e.seq);
+    }
+    if c.acked.segment != segment {
+        c.reader.release_before(c.acked.segment);
     }
 }
 

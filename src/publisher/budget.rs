@@ -144,6 +144,10 @@ impl Publisher {
             }
         }
         Metrics::add(&self.metrics.dropped[LossReason::Budget as usize], records);
+        if records == 0 {
+            // Nothing of it was lost (an empty segment): nothing to say.
+            return size;
+        }
         let held = c.spool_bytes + size;
         let max = self.config.spool_max_total_size;
         let (_, fs_size) = fs_space(&self.opts.spool_dir).unwrap_or((0, 0));

@@ -259,11 +259,7 @@ impl Container {
             return 0;
         };
         self.rewound_ts = self.rewound_ts.or(Some(first.ts_micros));
-        // A record's position is where the next one starts.
-        let from = match i {
-            0 => self.acked,
-            _ => self.inflight[i - 1].pos,
-        };
+        let from = self.start_of(i);
         let n = (self.inflight.len() - i) as u64;
         for e in self.inflight.drain(i..) {
             self.inflight_bytes = self.inflight_bytes.saturating_sub(e.bytes);
@@ -274,6 +270,24 @@ impl Container {
         self.may_have_data = true;
         self.reader.seek(from);
         n
+    }
+
+    /// Where in-flight record `i` starts: where the one before it ended (a
+    /// record's position is where the next one starts), or, in another
+    /// segment, that segment's start. Never a segment before it: that one
+    /// may be gone (dropped at the cap) and the reader would skip to the
+    /// first that is left, past records it then never reads again.
+    fn start_of(&self, i: usize) -> Position {
+        let before = match i {
+            0 => self.acked,
+            _ => self.inflight[i - 1].pos,
+        };
+        let segment = self.inflight[i].pos.segment;
+        if before.segment == segment {
+            before
+        } else {
+            Position { segment, offset: 0 }
+        }
     }
 
     /// Takes back everything sent and not acknowledged: it is read again
@@ -287,12 +301,16 @@ impl Container {
             // it had something out: an idle one is not made younger.
             self.last_read = Instant::now();
         }
+        let from = match self.inflight.front() {
+            Some(_) => self.start_of(0),
+            None => self.acked,
+        };
         self.generation += 1;
         self.inflight.clear();
         self.inflight_bytes = 0;
         self.held = None;
         self.finished = false;
-        self.reader.seek(self.acked);
+        self.reader.seek(from);
         n
     }
 }

@@ -38,7 +38,18 @@ pub struct SpoolReader {
     /// A payload buffer handed back ([`recycle`](Self::recycle)) for the
     /// next record.
     spare: Vec<u8>,
+    /// Segments read past, whose records may be read again: a seek back
+    /// (records taken back from the sink) may land in one the companion
+    /// has unlinked since, to keep its cap or the filesystem's free space,
+    /// and only a descriptor still reads it. Released once acknowledged past
+    /// ([`release_before`](Self::release_before)); at most [`KEPT_SEGMENTS`].
+    kept: Vec<(u64, File)>,
 }
+
+/// Descriptors of segments read past, kept per reader (see `kept`): what
+/// is in flight bounds them (a container's share of `max_in_flight_bytes`
+/// over the segment size); this only guards the process's descriptors.
+const KEPT_SEGMENTS: usize = 256;
 
 /// Payload buffers up to this size are reused; larger ones (a long line's
 /// parts) are freed, so an idle container holds no more than this.
@@ -66,6 +77,7 @@ impl SpoolReader {
             start: 0,
             torn: 0,
             skipped_segments: 0,
+            kept: Vec::new(),
         }
     }
 
@@ -83,10 +95,54 @@ impl SpoolReader {
 
     /// Restarts reading at `pos` (after a failed delivery).
     pub fn seek(&mut self, pos: Position) {
+        // The descriptor of `pos`'s segment, if this reader still has one:
+        // the file may be gone from the directory.
+        let mut reuse = None;
+        if let Some(f) = self.file.take() {
+            if self.pos.segment == pos.segment {
+                reuse = Some(f);
+            } else {
+                self.keep(self.pos.segment, f);
+            }
+        }
+        if reuse.is_none() {
+            if let Some(i) = self.kept.iter().position(|(s, _)| *s == pos.segment) {
+                reuse = Some(self.kept.remove(i).1);
+            }
+        }
         self.pos = pos;
-        self.file = None;
         self.buf.clear();
         self.start = 0;
+        if let Some(mut f) = reuse {
+            if self.pos.offset < MAGIC.len() as u64 {
+                self.pos.offset = 0;
+            }
+            if f.seek(SeekFrom::Start(self.pos.offset)).is_ok() {
+                self.file = Some(f);
+            }
+        }
+    }
+
+    fn keep(&mut self, segment: u64, f: File) {
+        if segment == 0 || self.kept.iter().any(|(s, _)| *s == segment) {
+            return;
+        }
+        self.kept.push((segment, f));
+        if self.kept.len() > KEPT_SEGMENTS {
+            // The oldest goes first.
+            let oldest = (0..self.kept.len())
+                .min_by_key(|&i| self.kept[i].0)
+                .expect("not empty");
+            self.kept.remove(oldest);
+        }
+    }
+
+    /// Forgets the descriptors of segments before `segment`: every record
+    /// in them was acknowledged.
+    pub fn release_before(&mut self, segment: u64) {
+        if self.kept.iter().any(|(s, _)| *s < segment) {
+            self.kept.retain(|(s, _)| *s >= segment);
+        }
     }
 
     fn writer_moved_on(&self) -> bool {
@@ -104,7 +160,30 @@ impl SpoolReader {
     fn open_segment(&mut self) -> std::io::Result<bool> {
         let mut f = loop {
             let segs = list_segments(&self.dir)?;
-            let Some(&first) = segs.iter().find(|&&i| i >= self.pos.segment.max(1)) else {
+            let from = self.pos.segment.max(1);
+            let listed = segs.iter().copied().find(|&i| i >= from);
+            // A segment read before (see `kept`) is read again through its
+            // descriptor, whether or not it is still listed.
+            let kept = self
+                .kept
+                .iter()
+                .map(|(s, _)| *s)
+                .filter(|&s| s >= from)
+                .min();
+            if let Some(k) = kept.filter(|&k| listed.is_none_or(|l| k <= l)) {
+                let i = self.kept.iter().position(|(s, _)| *s == k).expect("kept");
+                let f = self.kept.remove(i).1;
+                // Read again: what lies between was passed (and counted)
+                // the first time.
+                if k != self.pos.segment {
+                    self.pos = Position {
+                        segment: k,
+                        offset: 0,
+                    };
+                }
+                break f;
+            }
+            let Some(first) = listed else {
                 return Ok(false);
             };
             if first != self.pos.segment {
@@ -133,9 +212,9 @@ impl SpoolReader {
         };
         if self.pos.offset < MAGIC.len() as u64 {
             self.pos.offset = 0;
-        } else {
-            f.seek(SeekFrom::Start(self.pos.offset))?;
         }
+        // A kept descriptor is wherever it was left.
+        f.seek(SeekFrom::Start(self.pos.offset))?;
         self.file = Some(f);
         self.buf.clear();
         self.start = 0;
@@ -192,6 +271,9 @@ impl SpoolReader {
     }
 
     fn advance_segment(&mut self) {
+        if let Some(f) = self.file.take() {
+            self.keep(self.pos.segment, f);
+        }
         self.pos = Position {
             segment: self.pos.segment + 1,
             offset: 0,

@@ -406,7 +406,8 @@ impl SpoolWriter {
             }
             cut += len;
         }
-        self.lose_frames(LossReason::Budget, 0, cut);
+        // Never written: lost to a full filesystem, not to a budget.
+        self.lose_frames(LossReason::SpoolWrite, 0, cut);
         self.pending.drain(..cut);
         self.file = None;
     }

@@ -152,11 +152,28 @@ pub fn level_name(s: &str) -> Option<u8> {
 fn graylog_number(n: &serde_json::Number) -> bool {
     n.is_i64()
         || n.as_u64().is_some_and(|u| u <= i64::MAX as u64)
-        || (n.is_f64() && n.as_f64().is_some_and(f64::is_finite) && {
-            // A float whose text round-trips (not an integer beyond 2^53).
+        || (n.is_f64() && {
+            // A float written as one (not an integer beyond 2^53) that a
+            // double holds as written.
             let t = n.to_string();
-            t.contains(['.', 'e', 'E'])
+            t.contains(['.', 'e', 'E']) && n.as_f64().is_some_and(|v| exact_in_f64(&t, v))
         })
+}
+
+/// Whether `v`, parsed from the JSON number `text`, stands for it: finite,
+/// not flushed to zero or to a subnormal (`1e-400` became 0.0), and with no
+/// more significant digits than a double keeps (17).
+fn exact_in_f64(text: &str, v: f64) -> bool {
+    let mantissa = text.split(['e', 'E']).next().unwrap_or("");
+    let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
+    let significant = digits.trim_start_matches('0').trim_end_matches('0');
+    v.is_finite()
+        && significant.len() <= 17
+        && if v == 0.0 {
+            significant.is_empty()
+        } else {
+            v.abs() >= f64::MIN_POSITIVE
+        }
 }
 
 /// Collects an application's keys as GELF fields: sanitised names (`.` and
