@@ -75,6 +75,54 @@ fn reset(c: std::net::TcpStream) {
     drop(c);
 }
 
+/// Adds the NUL-terminated frames in `bytes` to `out`; `cur` holds the
+/// unfinished one.
+fn split_frames(bytes: &[u8], cur: &mut Vec<u8>, out: &Mutex<Vec<Vec<u8>>>) {
+    for &b in bytes {
+        if b == 0 {
+            out.lock().unwrap().push(std::mem::take(cur));
+        } else {
+            cur.push(b);
+        }
+    }
+}
+
+/// Reads frames from `c` into `out` until it holds `n`.
+fn read_frames(c: &mut std::net::TcpStream, out: &Mutex<Vec<Vec<u8>>>, n: usize) {
+    let mut cur = Vec::new();
+    let mut buf = [0u8; 4096];
+    while out.lock().unwrap().len() < n {
+        let k = c.read(&mut buf).unwrap();
+        assert!(k > 0, "the forwarder closed early");
+        split_frames(&buf[..k], &mut cur, out);
+    }
+}
+
+/// What a test Graylog received, frame by frame.
+type Frames = Arc<Mutex<Vec<Vec<u8>>>>;
+
+/// Messages 0..n (GELF, `_seq` i) in `topic`.
+fn produce_numbered(broker: &Broker, topic: &str, n: usize) {
+    let msgs: Vec<Vec<u8>> = (0..n).map(gelf).collect();
+    produce(&broker.addr(), topic, &msgs);
+}
+
+/// A Graylog that takes one connection and reads `n` frames from it: its
+/// port, the frames, and the connection once they are read (then it reads
+/// no more; the caller decides how it ends).
+fn one_connection(n: usize) -> (u16, Frames, std::thread::JoinHandle<std::net::TcpStream>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let frames = Arc::new(Mutex::new(Vec::<Vec<u8>>::new()));
+    let f2 = frames.clone();
+    let first = std::thread::spawn(move || {
+        let (mut c, _) = l.accept().unwrap();
+        read_frames(&mut c, &f2, n);
+        c
+    });
+    (port, frames, first)
+}
+
 /// Distinct frames received, and all of them (duplicates included).
 fn distinct(frames: &Mutex<Vec<Vec<u8>>>) -> (usize, usize) {
     let f = frames.lock().unwrap();
@@ -83,6 +131,17 @@ fn distinct(frames: &Mutex<Vec<Vec<u8>>>) -> (usize, usize) {
 }
 
 impl Graylog {
+    /// A Graylog on `port` after one that died: what that one received
+    /// counts as received.
+    fn taking_over(port: u16, frames: &Mutex<Vec<Vec<u8>>>) -> Graylog {
+        let g = Graylog::start_on(port);
+        g.frames
+            .lock()
+            .unwrap()
+            .extend(frames.lock().unwrap().drain(..));
+        g
+    }
+
     fn start_on(port: u16) -> Graylog {
         Graylog::start_resetting(port, &[])
     }
@@ -114,13 +173,7 @@ impl Graylog {
                                 match c.read(&mut buf) {
                                     Ok(0) => break,
                                     Ok(n) => {
-                                        for &b in &buf[..n] {
-                                            if b == 0 {
-                                                f.lock().unwrap().push(std::mem::take(&mut cur));
-                                            } else {
-                                                cur.push(b);
-                                            }
-                                        }
+                                        split_frames(&buf[..n], &mut cur, &f);
                                         let total = f.lock().unwrap().len();
                                         let mut r = resets.lock().unwrap();
                                         if r.first().is_some_and(|&at| total >= at) {
@@ -324,32 +377,14 @@ fn graylog_resetting_the_connection_loses_nothing() {
 
 #[test]
 fn graylog_killed_with_unread_data_in_its_buffer_loses_nothing() {
-    let broker = Broker::start();
-    let n = 20_000;
-    let msgs: Vec<Vec<u8>> = (0..n).map(gelf).collect();
-    produce(&broker.addr(), "fwd-kill", &msgs);
+    let (broker, n) = (Broker::start(), 20_000);
+    produce_numbered(&broker, "fwd-kill", n);
     // A Graylog that reads 5,000 messages, stalls (its receive buffer fills
     // with what the forwarder keeps writing, all of it acknowledged by its
     // kernel), and then dies: the unread bytes are gone.
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    let frames = Arc::new(Mutex::new(Vec::<Vec<u8>>::new()));
-    let f2 = frames.clone();
+    let (port, frames, first) = one_connection(5_000);
     let stalled = std::thread::spawn(move || {
-        let (mut c, _) = l.accept().unwrap();
-        let mut cur = Vec::new();
-        let mut buf = [0u8; 4096];
-        while f2.lock().unwrap().len() < 5_000 {
-            let k = c.read(&mut buf).unwrap();
-            assert!(k > 0, "the forwarder closed early");
-            for &b in &buf[..k] {
-                if b == 0 {
-                    f2.lock().unwrap().push(std::mem::take(&mut cur));
-                } else {
-                    cur.push(b);
-                }
-            }
-        }
+        let c = first.join().unwrap();
         // Stalled: wait until the kernel holds unread data, then die.
         let t0 = Instant::now();
         let unread = loop {
@@ -383,11 +418,7 @@ fn graylog_killed_with_unread_data_in_its_buffer_loses_nothing() {
     let (c, unread) = stalled.join().unwrap();
     reset(c);
     let received = frames.lock().unwrap().len();
-    let g = Graylog::start_on(port);
-    {
-        let mut all = g.frames.lock().unwrap();
-        all.extend(frames.lock().unwrap().drain(..));
-    }
+    let g = Graylog::taking_over(port, &frames);
     let (_, all) = wait_distinct(&g.frames, n, Duration::from_secs(180));
     assert!(sigterm(&mut f).success());
     eprintln!(
@@ -635,45 +666,19 @@ fn tls_delivers_nul_framed_messages_and_verifies_the_server() {
 /// forwarded and lost).
 #[test]
 fn a_graylog_that_closed_its_side_first_confirms_nothing() {
-    let broker = Broker::start();
-    let n = 20_000;
-    let msgs: Vec<Vec<u8>> = (0..n).map(gelf).collect();
-    produce(&broker.addr(), "fwd-half", &msgs);
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    let frames = Arc::new(Mutex::new(Vec::<Vec<u8>>::new()));
-    let f2 = frames.clone();
-    let half = std::thread::spawn(move || {
-        let (mut c, _) = l.accept().unwrap();
-        let mut cur = Vec::new();
-        let mut buf = [0u8; 4096];
-        while f2.lock().unwrap().len() < 5_000 {
-            let k = c.read(&mut buf).unwrap();
-            assert!(k > 0, "the forwarder closed early");
-            for &b in &buf[..k] {
-                if b == 0 {
-                    f2.lock().unwrap().push(std::mem::take(&mut cur));
-                } else {
-                    cur.push(b);
-                }
-            }
-        }
-        // Closes its side, stops reading, keeps the connection.
-        c.shutdown(std::net::Shutdown::Write).unwrap();
-        c
-    });
+    let (broker, n) = (Broker::start(), 20_000);
+    produce_numbered(&broker, "fwd-half", n);
+    let (port, frames, first) = one_connection(5_000);
     let to = format!("tcp://127.0.0.1:{port}");
     let mut f = spawn_forward(&broker.addr(), "fwd-half", "g-half", &to, &[]);
-    let c = half.join().unwrap();
+    let c = first.join().unwrap();
+    // Closes its side, stops reading, keeps the connection.
+    c.shutdown(std::net::Shutdown::Write).unwrap();
     assert!(sigterm(&mut f).success());
     let err = stderr_of(&mut f);
     assert!(!err.contains("stopped: 20000"), "{err}");
     reset(c);
-    let g = Graylog::start_on(port);
-    g.frames
-        .lock()
-        .unwrap()
-        .extend(frames.lock().unwrap().drain(..));
+    let g = Graylog::taking_over(port, &frames);
     let mut f = spawn_forward(&broker.addr(), "fwd-half", "g-half", &to, &[]);
     let (_, all) = wait_distinct(&g.frames, n, Duration::from_secs(180));
     assert!(sigterm(&mut f).success());
@@ -687,8 +692,7 @@ fn a_graylog_that_closed_its_side_first_confirms_nothing() {
 fn a_reset_on_a_quiet_topic_is_noticed_and_the_tail_sent_again() {
     let broker = Broker::start();
     let n = 20_000;
-    let msgs: Vec<Vec<u8>> = (0..n).map(gelf).collect();
-    produce(&broker.addr(), "fwd-quiet", &msgs);
+    produce_numbered(&broker, "fwd-quiet", n);
     let g = Graylog::start_resetting(free_port(), &[15_000]);
     let mut f = spawn_forward(
         &broker.addr(),
@@ -711,8 +715,7 @@ fn a_reset_on_a_quiet_topic_is_noticed_and_the_tail_sent_again() {
 fn a_slow_graylog_that_dies_loses_nothing() {
     let broker = Broker::start();
     let n = 20_000;
-    let msgs: Vec<Vec<u8>> = (0..n).map(gelf).collect();
-    produce(&broker.addr(), "fwd-slow", &msgs);
+    produce_numbered(&broker, "fwd-slow", n);
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     let frames = Arc::new(Mutex::new(Vec::<Vec<u8>>::new()));
@@ -730,13 +733,7 @@ fn a_slow_graylog_that_dies_loses_nothing() {
             for (c, cur) in conns.iter_mut() {
                 let mut buf = [0u8; 2048];
                 if let Ok(k) = c.read(&mut buf) {
-                    for &b in &buf[..k] {
-                        if b == 0 {
-                            f2.lock().unwrap().push(std::mem::take(cur));
-                        } else {
-                            cur.push(b);
-                        }
-                    }
+                    split_frames(&buf[..k], cur, &f2);
                 }
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -754,11 +751,7 @@ fn a_slow_graylog_that_dies_loses_nothing() {
     for (c, _) in slow.join().unwrap() {
         reset(c);
     }
-    let g = Graylog::start_on(port);
-    g.frames
-        .lock()
-        .unwrap()
-        .extend(frames.lock().unwrap().drain(..));
+    let g = Graylog::taking_over(port, &frames);
     let (_, all) = wait_distinct(&g.frames, n, Duration::from_secs(180));
     assert!(sigterm(&mut f).success());
     eprintln!("slow Graylog killed: {n} of {n}, {} duplicates", all - n);
@@ -771,8 +764,7 @@ fn a_slow_graylog_that_dies_loses_nothing() {
 fn a_confirmed_tail_is_committed_and_not_sent_again() {
     let broker = Broker::start();
     let n = 2_000;
-    let msgs: Vec<Vec<u8>> = (0..n).map(gelf).collect();
-    produce(&broker.addr(), "fwd-confirm", &msgs);
+    produce_numbered(&broker, "fwd-confirm", n);
     let g = Graylog::start_on(free_port());
     let to = format!("tcp://127.0.0.1:{}", g.port);
     let extra = ["--confirm-after-s", "1", "--stats-interval-s", "1"];
@@ -798,8 +790,7 @@ fn a_confirmed_tail_is_committed_and_not_sent_again() {
 fn connections_that_fail_young_back_off() {
     let broker = Broker::start();
     let n = 1_000;
-    let msgs: Vec<Vec<u8>> = (0..n).map(gelf).collect();
-    produce(&broker.addr(), "fwd-flap", &msgs);
+    produce_numbered(&broker, "fwd-flap", n);
     let g = Graylog::start_resetting(free_port(), &[1, 2, 3, 4]);
     let mut f = spawn_forward(
         &broker.addr(),
