@@ -248,15 +248,7 @@ fn status(c: &Common) -> Result<i32, String> {
     let cut = |s: &str, n: usize| -> String {
         // Control characters shown escaped: an id or task id with a
         // newline or an escape sequence must not forge or colour a row.
-        let mut shown = String::with_capacity(s.len());
-        for c in s.chars() {
-            if mesos_gelf_logger::log::unfit(c) {
-                shown.extend(c.escape_default());
-            } else {
-                shown.push(c);
-            }
-        }
-        let s = shown;
+        let s = printable(s);
         if s.chars().count() <= n {
             s.to_string()
         } else {

@@ -231,7 +231,7 @@ impl Forwarder<'_> {
             if stopping {
                 return self.finish();
             }
-            if !stopping && !room {
+            if !room {
                 // The tail is full: wait for evidence, not in a spin.
                 sleep_unless(stop, Duration::from_millis(20));
             }
@@ -269,9 +269,7 @@ impl Forwarder<'_> {
                     (self.confirm_after * 2).min(CONFIRM_MAX).as_secs()
                 ));
                 self.confirm_after = (self.confirm_after * 2).min(CONFIRM_MAX);
-                let mut again = self.tail.take_all();
-                again.append(&mut self.unflushed);
-                self.unflushed = again;
+                self.send_tail_again();
             }
         }
     }
@@ -437,9 +435,7 @@ impl Forwarder<'_> {
         } else {
             self.retry_at = Some(Instant::now() + self.backoff.next());
         }
-        let mut again = self.tail.take_all();
-        again.append(&mut self.unflushed);
-        self.unflushed = again;
+        self.send_tail_again();
         if self.down_since.is_none() {
             log::error(&format!(
                 "Graylog connection lost: {e}; reconnecting, then sending again the {} messages not known to be read",
@@ -447,6 +443,14 @@ impl Forwarder<'_> {
             ));
             self.down_since = Some(Instant::now());
         }
+    }
+
+    /// Puts everything not known to be read back before what waits to be
+    /// flushed, oldest first: the next connection sends it again.
+    fn send_tail_again(&mut self) {
+        let mut again = self.tail.take_all();
+        again.append(&mut self.unflushed);
+        self.unflushed = again;
     }
 
     fn commit(&mut self) -> Result<(), String> {

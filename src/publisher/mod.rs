@@ -713,9 +713,6 @@ impl Publisher {
         }
     }
 
-    /// With `give_up_after`: why to stop waiting, if every container left
-    /// is blocked by a permanent error for that long (at once when the
-    /// destination is closed).
     /// Ending with nothing left to publish: an error if spools this
     /// release cannot read still hold records.
     fn left_for_a_newer_release(&self) -> Result<(), String> {
@@ -736,6 +733,9 @@ impl Publisher {
         ))
     }
 
+    /// With `give_up_after`: why to stop waiting, if every container left
+    /// is blocked by a permanent error for that long (at once when the
+    /// destination is closed).
     fn gave_up(&self) -> Option<String> {
         let after = self.opts.give_up_after?;
         // Named, so the operator knows which spools to look at (at most a
