@@ -984,3 +984,89 @@ fn an_outage_on_a_small_spool_filesystem_keeps_the_newest_lines_and_says_what_wa
     );
     assert!(acc.arrived.contains(&n), "the newest line was dropped");
 }
+
+#[test]
+fn an_outage_on_a_2mb_spool_filesystem_keeps_the_newest_of_both_streams() {
+    // Issue 32.3: on a 2 MB filesystem with the broker down for the first
+    // 12 s, the records handed to librdkafka pinned the oldest segments:
+    // `_seq` 1-22,049 were delivered and everything newer dropped, the last
+    // line included ("nothing more can be dropped"). Once records taken
+    // back were read again from the segments the reader kept open, those
+    // pinned the whole filesystem: every line after the first 12,741 was
+    // lost (`missing`).
+    outage_keeps_the_newest(2048);
+}
+
+#[test]
+fn an_outage_on_an_8mb_spool_filesystem_keeps_the_newest_of_both_streams() {
+    // Issue 32.3: on 8 MB, the oldest ~1.1 MB was pinned the same way.
+    outage_keeps_the_newest(8192);
+}
+
+/// `seqs` as ranges, for a message.
+fn ranges(seqs: &std::collections::BTreeSet<u64>) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for &s in seqs {
+        match out.last_mut() {
+            Some(r) if r.1 + 1 == s => r.1 = s,
+            _ => out.push((s, s)),
+        }
+    }
+    out
+}
+
+/// 100,000 lines of 100 bytes, every tenth on stderr, into a spool on a
+/// `kb` filesystem while the broker is down (12 s): the newest of each
+/// stream are kept, and everything else is named.
+fn outage_keeps_the_newest(kb: u64) {
+    let d = tempfile::tempdir().unwrap();
+    let fs = Tmpfs::mount(&d.path().join("fs"), kb);
+    let spool = fs.0.join("spool");
+    let sbx = d.path().join("sbx");
+    let port = free_port();
+    let go = d.path().join("go");
+    let n: u64 = 100_000;
+    // Every tenth line on stderr: each stream numbers its own `_seq`.
+    let script = format!(
+        "i=0; while [ $i -lt {n} ]; do i=$((i+1)); if [ $((i % 10)) -eq 0 ]; then echo \"$i {pad}\" >&2; else echo \"$i {pad}\"; fi; done; while [ ! -e {} ]; do sleep 0.05; done",
+        go.display(),
+        pad = "x".repeat(100),
+    );
+    let addr = format!("127.0.0.1:{port}");
+    let mut run = spawn_run(&spool, &sbx, &addr, "acct-tiny", "c-tiny", &[], &script);
+    std::thread::sleep(Duration::from_secs(12));
+    let broker = Broker::start_on(port);
+    wait_lines(&sbx.join("stdout"), n - n / 10);
+    wait_lines(&sbx.join("stderr"), n / 10);
+    std::fs::write(&go, b"").unwrap();
+    let out = consume_stream(&broker.addr(), "acct-tiny", "c-tiny", "stdout", n - n / 10);
+    let err = consume_stream(&broker.addr(), "acct-tiny", "c-tiny", "stderr", n / 10);
+    assert!(
+        wait_child(&mut run, Duration::from_secs(120)).is_some(),
+        "{}",
+        run_said(&sbx)
+    );
+    out.assert_exact(n - n / 10);
+    err.assert_exact(n / 10);
+    for (acc, last) in [(&out, n - n / 10), (&err, n / 10)] {
+        assert!(
+            acc.arrived.contains(&last),
+            "{}: the newest line was dropped; run said {}",
+            acc.stream,
+            run_said(&sbx)
+        );
+        assert!(acc.lost("budget") > 0, "{}: nothing dropped", acc.stream);
+        // The newest, not the oldest, are what the spool kept: of the
+        // older half, only the rest of the segment the reader was in when
+        // the outage began (a sixteenth of the room at most).
+        let old = acc.arrived.iter().filter(|&&s| s <= last / 2).count();
+        assert!(
+            old * 5 <= acc.arrived.len(),
+            "{}: {old} of the oldest half shipped, of {}: the oldest were kept ({:?})",
+            acc.stream,
+            acc.arrived.len(),
+            ranges(&acc.arrived)
+        );
+        assert_eq!(acc.lost("missing"), 0, "{}: lines went missing", acc.stream);
+    }
+}

@@ -274,6 +274,7 @@ impl Publisher {
                 rewound_ts: None,
                 spool_bytes: 0,
                 size_dirty: true,
+                pinned: Vec::new(),
             },
         );
         self.metrics

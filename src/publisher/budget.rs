@@ -17,6 +17,7 @@
 
 use super::*;
 use crate::spool::notice::{Loss, LossReason};
+use crate::spool::reader::SegmentSummary;
 use crate::spool::writer::fs_space;
 
 /// How often sizes and free space are checked ...
@@ -27,6 +28,8 @@ pub const CHECK_EVERY: Duration = Duration::from_millis(200);
 /// 32 MB budget by 0.8 MB at 200 ms.
 pub const CHECK_NEAR: Duration = Duration::from_millis(50);
 pub const NEAR: f64 = 0.8;
+/// The least a container may have in flight, however small the spool.
+const MIN_ROOM_SHARE: usize = 64 << 10;
 /// Drops start at this share of the budget, so that what companions write
 /// between two checks fits in the rest: the budget holds unless they write
 /// more than a tenth of it in [`CHECK_EVERY`]. The budget is
@@ -45,13 +48,24 @@ impl Publisher {
             if std::mem::take(&mut c.size_dirty) {
                 c.spool_bytes = spool_bytes(c.reader.dir());
             }
+            c.pinned = c.reader.kept_unlinked();
+        }
+        let keys: Vec<String> = self.containers.keys().cloned().collect();
+        for k in keys {
+            self.release_unlinked_ahead(&k);
         }
         let retained = self.retained_segments();
-        let total: u64 = self.containers.values().map(|c| c.spool_bytes).sum::<u64>()
+        let total: u64 = self.containers.values().map(held).sum::<u64>()
             + retained.iter().filter(|r| r.3).map(|r| r.1).sum::<u64>();
         let (avail, fs_size) = fs_space(&self.opts.spool_dir).unwrap_or((u64::MAX, 0));
         let floor = self.config.defaults.spool_min_free.bytes(fs_size);
         let budget = budget(self.config.spool_max_total_size, total, avail, floor);
+        // Records in flight are read again from the spool after a
+        // take-back, so the segments they are in stay on disk until they
+        // are acknowledged: bounded here by the room (on a 2 MB spool
+        // filesystem a 4 MB share held every segment, and the companion
+        // could write no newer line).
+        self.room_share = ((budget / 4.0) as usize).max(MIN_ROOM_SHARE);
         self.budget_near = total as f64 > budget * NEAR;
         if total as f64 <= budget * START_AT {
             return;
@@ -75,7 +89,7 @@ impl Publisher {
             let mut order: Vec<(u64, String)> = self
                 .containers
                 .values()
-                .map(|c| (c.spool_bytes, c.key.clone()))
+                .map(|c| (held(c), c.key.clone()))
                 .collect();
             order.sort_unstable_by(|a, b| b.cmp(a));
             let victim = order.into_iter().find_map(|(_, k)| {
@@ -102,21 +116,98 @@ impl Publisher {
     fn drop_segment(&mut self, key: &str, seg: u64, total: u64, avail: u64) -> u64 {
         let c = self.containers.get_mut(key).expect("container");
         let path = segment_path(c.reader.dir(), seg);
-        let summary = crate::spool::reader::summarize_segment(&path);
-        let size = std::fs::symlink_metadata(&path)
-            .map(|m| m.len())
-            .unwrap_or(0);
-        if std::fs::remove_file(&path).is_err() {
-            c.size_dirty = true;
+        let pinned = c.pinned.iter().find(|p| p.0 == seg).map(|p| p.1);
+        let (summary, size) = match pinned {
+            // Unlinked already, read once and taken back since: only the
+            // reader's descriptor holds it (and its space).
+            Some(size) => {
+                c.pinned.retain(|p| p.0 != seg);
+                (c.reader.release(seg).unwrap_or_default(), size)
+            }
+            None => {
+                let summary = crate::spool::reader::summarize_segment(&path);
+                let size = std::fs::symlink_metadata(&path)
+                    .map(|m| m.len())
+                    .unwrap_or(0);
+                if std::fs::remove_file(&path).is_err() {
+                    c.size_dirty = true;
+                    return size;
+                }
+                c.reader.release(seg);
+                c.spool_bytes = c.spool_bytes.saturating_sub(size);
+                (summary, size)
+            }
+        };
+        let records = self.name_dropped(key, summary);
+        if records == 0 {
+            // Nothing of it was lost (an empty segment): nothing to say.
             return size;
         }
-        c.spool_bytes = c.spool_bytes.saturating_sub(size);
+        let c = &self.containers[key];
+        let held = held(c) + size;
+        let max = self.config.spool_max_total_size;
+        let (_, fs_size) = fs_space(&self.opts.spool_dir).unwrap_or((0, 0));
+        let floor = self.config.defaults.spool_min_free.bytes(fs_size);
+        self.health.warn(&format!("{key}\0budget"), || {
+            format!(
+                "spool budget: dropped {records} records ({} KB) of container {key}, the one holding the most ({} MB); spools hold {} MB of spool_max_total_size {} MB, {} MB free of spool_min_free {} MB",
+                size >> 10,
+                held >> 20,
+                total >> 20,
+                max >> 20,
+                avail >> 20,
+                floor >> 20
+            )
+        });
+        size
+    }
+
+    /// Lets go of the segments of `key` that its companion unlinked (to
+    /// keep its `spool_max_size` or `spool_min_free`) after the reader read
+    /// them, and that a take-back or a rewind left ahead of the reader:
+    /// the reader's descriptor was all that kept their records, and their
+    /// space taken. Kept until the budget needed it, a 2 MB filesystem
+    /// stayed full of them, and the companion lost every newer line it
+    /// could not write. What they held is named lost (`budget`).
+    pub(super) fn release_unlinked_ahead(&mut self, key: &str) {
+        let Some(c) = self.containers.get_mut(key) else {
+            return;
+        };
+        let reading = c.reader.position().segment.max(c.acked.segment);
+        let ahead: Vec<(u64, u64)> = c
+            .reader
+            .kept_unlinked()
+            .into_iter()
+            .filter(|p| p.0 > reading)
+            .collect();
+        let (mut records, mut bytes) = (0, 0);
+        for (seg, size) in ahead {
+            let c = self.containers.get_mut(key).expect("container");
+            c.pinned.retain(|p| p.0 != seg);
+            let summary = c.reader.release(seg).unwrap_or_default();
+            records += self.name_dropped(key, summary);
+            bytes += size;
+        }
+        if records > 0 {
+            self.health.warn(&format!("{key}\0released"), || {
+                format!(
+                    "spool budget: container {key}: {records} records ({} KB) waiting to be sent again were in segments its companion had dropped from the spool; their space is freed and they are named lost",
+                    bytes >> 10
+                )
+            });
+        }
+    }
+
+    /// Names lost what a dropped segment held and no notice named before;
+    /// reports again what its companion notices said. Returns the records.
+    fn name_dropped(&mut self, key: &str, summary: SegmentSummary) -> u64 {
+        let c = self.containers.get_mut(key).expect("container");
         let mut records = 0;
         for (stream, span) in summary.spans {
-            // Named through the ledger: unread records, so normally all
-            // of them (and the gap they leave is then explained).
+            // Named through the ledger: every record not named before,
+            // read once or not (nothing in it is in flight).
             let named = ledger::Ranges::from_pairs(&span.ranges);
-            let keep = c.ledger.notice(stream, &named, None).keep;
+            let keep = c.ledger.dropped(stream, &named);
             let n = span.records.min(keep.count());
             if n == 0 {
                 continue;
@@ -144,26 +235,7 @@ impl Publisher {
             }
         }
         Metrics::add(&self.metrics.dropped[LossReason::Budget as usize], records);
-        if records == 0 {
-            // Nothing of it was lost (an empty segment): nothing to say.
-            return size;
-        }
-        let held = c.spool_bytes + size;
-        let max = self.config.spool_max_total_size;
-        let (_, fs_size) = fs_space(&self.opts.spool_dir).unwrap_or((0, 0));
-        let floor = self.config.defaults.spool_min_free.bytes(fs_size);
-        self.health.warn(&format!("{key}\0budget"), || {
-            format!(
-                "spool budget: dropped {records} records ({} KB) of container {key}, the one holding the most ({} MB); spools hold {} MB of spool_max_total_size {} MB, {} MB free of spool_min_free {} MB",
-                size >> 10,
-                held >> 20,
-                total >> 20,
-                max >> 20,
-                avail >> 20,
-                floor >> 20
-            )
-        });
-        size
+        records
     }
 }
 
@@ -226,17 +298,27 @@ fn spool_bytes(data: &Path) -> u64 {
         .sum()
 }
 
+/// What a container's spool takes on disk: its segments, and those its
+/// reader still holds open after they were unlinked.
+fn held(c: &Container) -> u64 {
+    c.spool_bytes + c.pinned.iter().map(|p| p.1).sum::<u64>()
+}
+
 /// The oldest segment of `c` the budget may drop: after the one being read
 /// (nothing in flight comes from it), and not the one its live companion
-/// is writing.
+/// is writing. A segment the reader holds open after it was unlinked
+/// counts too: its space is only freed by letting it go.
 fn droppable(c: &Container) -> Option<u64> {
     let dir = c.reader.dir();
     let segs = list_segments(dir).ok()?;
     let reading = c.reader.position().segment.max(c.acked.segment);
     let live = !dir.join(crate::spool::DONE_FILE).exists();
-    let newest = *segs.last()?;
-    segs.into_iter()
-        .find(|&s| s > reading && !(live && s == newest))
+    let newest = segs.last().copied();
+    let listed = segs
+        .into_iter()
+        .find(|&s| s > reading && !(live && Some(s) == newest));
+    let pinned = c.pinned.iter().map(|p| p.0).filter(|&s| s > reading).min();
+    listed.into_iter().chain(pinned).min()
 }
 
 #[cfg(test)]

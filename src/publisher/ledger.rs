@@ -244,6 +244,24 @@ impl Track {
         }
     }
 
+    /// `named` were in a segment dropped ahead of the reader: none of
+    /// them is in flight or will be read again, read once or not (a
+    /// take-back read them before the drop), so all are lost but what was
+    /// named before.
+    fn dropped(&mut self, named: &Ranges) -> Ranges {
+        let mut before = Ranges::default();
+        if self.resumed > 1 {
+            before.insert(1, self.resumed - 1);
+        }
+        let before = before.minus(&self.gaps);
+        let keep = named
+            .minus(&before)
+            .minus(&self.explained)
+            .minus(&self.reported);
+        self.explained.insert_all(&keep);
+        keep
+    }
+
     fn announce(&mut self, reason: LossReason, named: &Ranges) {
         if self.base.is_none() {
             // Nothing read yet: it stands as it is.
@@ -519,6 +537,15 @@ impl Ledger {
         r
     }
 
+    /// The publisher dropped a segment ahead of its reader holding `named`
+    /// of `stream`: what of them is lost and not named before.
+    pub fn dropped(&mut self, stream: Stream, named: &Ranges) -> Ranges {
+        match slot(stream) {
+            Some(i) => self.streams[i].dropped(named),
+            None => named.clone(),
+        }
+    }
+
     /// Companion notice `id` was acknowledged: it will not be read again.
     pub fn notice_done(&mut self, id: u64) {
         while self
@@ -707,6 +734,30 @@ mod tests {
                 missing(Stream::Stderr, &[(7, 9)])
             ]
         );
+    }
+
+    #[test]
+    fn a_segment_dropped_ahead_of_the_reader_is_lost_read_once_or_not() {
+        let t0 = Instant::now();
+        let mut l = Ledger::new(true);
+        // 1-100 read, then taken back: the reader is at 41 again when the
+        // budget drops the segment of 61-120.
+        for s in 1..=100 {
+            l.read(Stream::Stdout, s, t0);
+        }
+        // A companion notice named 61-70 (read then: shipped, it said) and
+        // 111-115 (never read: lost).
+        let c = l.notice(Stream::Stdout, &r(&[(61, 70), (111, 115)]), Some(7));
+        assert_eq!(c.keep, r(&[(111, 115)]));
+        assert_eq!(
+            l.dropped(Stream::Stdout, &r(&[(61, 120)])),
+            r(&[(61, 110), (116, 120)])
+        );
+        // Read on: 41-60, then 121. Nothing is named twice or missing.
+        for s in (41..=60).chain([121]) {
+            l.read(Stream::Stdout, s, t0);
+        }
+        assert!(l.due(t0, true, true).is_empty());
     }
 
     #[test]

@@ -218,6 +218,9 @@ struct Container {
     /// Spool bytes on disk (refreshed when the directory changes).
     spool_bytes: u64,
     size_dirty: bool,
+    /// Segments unlinked while its reader holds them open: (segment,
+    /// bytes), refreshed with the budget's checks.
+    pinned: Vec<(u64, u64)>,
     /// Its companion died before finishing (reported once).
     companion_gone: bool,
     /// Holds a spool format newer than this release reads: left alone.
@@ -357,6 +360,11 @@ pub struct Publisher {
     held_back: bool,
     /// The window of this pump pass (see `held_back`).
     window: usize,
+    /// What the records in flight of one container may take on a spool
+    /// filesystem with little room: a quarter of the spool budget (see
+    /// `budget`), so that what the reader must keep to send again never
+    /// fills it.
+    room_share: usize,
     /// The spools held more than [`budget::NEAR`] of the budget at the
     /// last check: it is checked more often.
     budget_near: bool,
@@ -439,6 +447,7 @@ impl Publisher {
             stall_since: None,
             held_back: false,
             window: 0,
+            room_share: usize::MAX,
             acked_in_poll: false,
             budget_near: false,
             latency: Default::default(),
@@ -506,6 +515,8 @@ impl Publisher {
         let mut deliveries = Vec::new();
         let mut last_rescan = Instant::now();
         let mut last_metrics = Instant::now();
+        // At once: it also sets the room records in flight may take.
+        self.enforce_budget();
         let mut last_budget = Instant::now();
         let mut result = Ok(());
         loop {
@@ -528,6 +539,7 @@ impl Publisher {
                         if let Some(c) = self.containers.get_mut(&k) {
                             c.may_have_data = true;
                             c.size_dirty = true;
+                            self.release_unlinked_ahead(&k);
                         } else if self.unready.contains_key(&k) {
                             self.try_adopt(&k);
                         }

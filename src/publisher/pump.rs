@@ -21,7 +21,8 @@ impl Publisher {
             (false, _) => self.config.max_in_flight_bytes,
             (true, 0) => PROBE_WINDOW.min(self.config.max_in_flight_bytes),
             (true, _) => 0,
-        };
+        }
+        .min(self.room_share.saturating_mul(2));
         let keys: Vec<String> = self.containers.keys().cloned().collect();
         for k in keys {
             if self.in_flight_bytes >= self.window || self.stopping() {
@@ -105,7 +106,7 @@ impl Publisher {
         let own_limit = if c.failing.is_some() {
             0
         } else {
-            self.config.max_in_flight_bytes / 2
+            (self.config.max_in_flight_bytes / 2).min(self.room_share)
         };
         let mut sent = 0;
         while sent < BATCH && self.in_flight_bytes < self.window {

@@ -55,9 +55,12 @@ impl Watcher {
     /// Watches a container's directory; an error (the user's inotify
     /// watch limit, most often) leaves the publisher polling it instead.
     pub fn watch_container(&mut self, dir: &Path, key: &str) -> std::io::Result<()> {
+        // IN_DELETE: a segment the companion unlinked may be one the
+        // reader holds open, whose space only the publisher can free.
         let mask = libc::IN_MODIFY
             | libc::IN_CREATE
             | libc::IN_MOVED_TO
+            | libc::IN_DELETE
             | libc::IN_ONLYDIR
             | libc::IN_DONT_FOLLOW;
         let wd = self.add(dir, mask)?;

@@ -5,7 +5,7 @@ use super::checkpoint::{self, Position};
 use super::record::{decode_frame, decode_frame_into, Decoded, Record, HEADER_LEN};
 use super::{list_segments, segment_path, DONE_FILE, MAGIC};
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
@@ -135,6 +135,28 @@ impl SpoolReader {
                 .expect("not empty");
             self.kept.remove(oldest);
         }
+    }
+
+    /// Kept segments that are no longer in the directory (unlinked by the
+    /// companion or the budget), with their size: their space stays taken
+    /// while this reader holds them.
+    pub fn kept_unlinked(&self) -> Vec<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        self.kept
+            .iter()
+            .filter_map(|(s, f)| {
+                let m = f.metadata().ok()?;
+                (m.nlink() == 0).then_some((*s, m.len()))
+            })
+            .collect()
+    }
+
+    /// Forgets the descriptor of `segment` (dropped by the budget), and
+    /// says what it held.
+    pub fn release(&mut self, segment: u64) -> Option<SegmentSummary> {
+        let i = self.kept.iter().position(|(s, _)| *s == segment)?;
+        let (_, f) = self.kept.remove(i);
+        Some(summarize_file(&f))
     }
 
     /// Forgets the descriptors of segments before `segment`: every record
@@ -409,12 +431,32 @@ pub struct SpanSummary {
 /// following links or blocking on FIFOs; an unreadable or torn tail just
 /// ends the summary.
 pub fn summarize_segment(path: &Path) -> SegmentSummary {
-    use super::record::Stream;
-    let mut out = SegmentSummary::default();
-    let mut bytes = Vec::new();
-    if let Ok(f) = super::open_untrusted(path) {
-        let _ = f.take(1 << 30).read_to_end(&mut bytes);
+    match super::open_untrusted(path) {
+        Ok(f) => summarize_file(&f),
+        Err(_) => SegmentSummary::default(),
     }
+}
+
+/// As [`summarize_segment`], through a descriptor (from its start,
+/// wherever the descriptor was left).
+fn summarize_file(f: &File) -> SegmentSummary {
+    use super::record::Stream;
+    use std::os::unix::fs::FileExt;
+    let mut out = SegmentSummary::default();
+    let mut bytes = vec![0u8; 64 << 10];
+    let mut len = 0;
+    while len < 1 << 30 {
+        if len == bytes.len() {
+            bytes.resize(len * 2, 0);
+        }
+        match f.read_at(&mut bytes[len..], len as u64) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    bytes.truncate(len);
     if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
         return out;
     }
