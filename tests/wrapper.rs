@@ -492,6 +492,7 @@ fn values_a_task_controls_are_logged_escaped_never_raw() {
         .output()
         .unwrap();
     let by_label = Command::new(bin())
+        .current_dir(d.path())
         .args(["run", "--container-config"])
         .arg(&cfg)
         .args(["--", "sh", "-c", "echo hello"])
