@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # README's test command: installs what the tests need, then runs them all
-# (unit, integration against a real tansu broker, C++ bridge driver, and,
+# (unit, integration against a real tansu broker and again against Apache
+# Kafka, C++ bridge driver, and,
 # when a Mesos install is configured, the module in a real agent), plus
 # fmt and clippy.
 #
@@ -12,6 +13,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 TANSU_BIN=$(scripts/setup.sh | tail -n 1)
 export TANSU_BIN
+# Apache Kafka's jars (cached per machine after the first run).
+KAFKA_LIBS=$(scripts/kafka.sh | tail -n 1)
+export KAFKA_LIBS
 features=(--features fault-injection)
 lab=${MESOS_LAB:-$HOME/mesos-lab}
 if [ -x "$lab/bin/mesos-agent" ] && [ -f "$lab/mesos-flags.sh" ]; then
@@ -30,6 +34,13 @@ log=$(mktemp)
 set +e
 cargo test --release "${features[@]}" --no-fail-fast -- --test-threads=2 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
+# The tests whose broker is `support::Broker` once more, against Apache
+# Kafka (one KRaft node per test) instead of tansu; the cluster tests run
+# against Apache Kafka in the first pass already.
+echo "again against Apache Kafka: kafka, stall, forward, accounting"
+BROKER=apache-kafka cargo test --release "${features[@]}" --no-fail-fast \
+  --test kafka --test stall --test forward --test accounting -- --test-threads=2 2>&1 | tee -a "$log"
+[ "${PIPESTATUS[0]}" = 0 ] || status=1
 set -e
 # One closing line for the whole run (cargo prints one per test binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }

@@ -11,6 +11,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+mod kafka;
+#[allow(unused_imports)]
+pub use kafka::{kafka_libs, KafkaCluster, KafkaNode};
+
+/// Which broker [`Broker`] starts: tansu, or Apache Kafka when
+/// `BROKER=apache-kafka` (README's test command runs the Kafka tests once
+/// with each).
+pub fn apache_kafka() -> bool {
+    std::env::var("BROKER").is_ok_and(|b| b == "apache-kafka")
+}
+
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_mesos-gelf"))
 }
@@ -205,9 +216,11 @@ pub fn tansu_bin() -> PathBuf {
     panic!("the tansu broker is missing: run scripts/setup.sh (README's test command does) or set TANSU_BIN");
 }
 
-/// A real Kafka-protocol broker (tansu, memory storage) on loopback.
+/// A real Kafka-protocol broker on loopback: tansu (memory storage), or
+/// one Apache Kafka node (see [`apache_kafka`]), started empty.
 pub struct Broker {
     child: Option<Child>,
+    kafka: Option<KafkaCluster>,
     pub port: u16,
 }
 
@@ -250,6 +263,16 @@ impl Broker {
         cwd: Option<&std::path::Path>,
         extra: &[&str],
     ) -> Broker {
+        if apache_kafka() && extra.is_empty() {
+            let adv = adv.strip_prefix("tcp://").unwrap_or(adv);
+            let own = format!("127.0.0.1:{port}");
+            let kafka = KafkaCluster::single_on(port, (adv != own).then_some(adv));
+            return Broker {
+                child: None,
+                kafka: Some(kafka),
+                port,
+            };
+        }
         let url = format!("tcp://127.0.0.1:{port}");
         let mut cmd = Command::new(tansu_bin());
         if let Some(d) = cwd {
@@ -272,6 +295,7 @@ impl Broker {
             .expect("start tansu");
         let b = Broker {
             child: Some(child),
+            kafka: None,
             port,
         };
         let t0 = Instant::now();
@@ -293,6 +317,13 @@ impl Broker {
         if let Some(c) = &self.child {
             unsafe { libc::kill(c.id() as i32, sig) };
         }
+        if let Some(k) = &self.kafka {
+            match sig {
+                libc::SIGSTOP => k.nodes[0].freeze(),
+                libc::SIGCONT => k.nodes[0].thaw(),
+                _ => unreachable!("signal {sig}"),
+            }
+        }
     }
 
     pub fn freeze(&self) {
@@ -310,6 +341,9 @@ impl Broker {
             let _ = c.kill();
             let _ = c.wait();
         }
+        // Its folder (log and data) goes with it: a broker started again
+        // on the port starts empty, as tansu does.
+        self.kafka = None;
     }
 }
 
