@@ -35,8 +35,8 @@ set +e
 cargo test --release "${features[@]}" --no-fail-fast -- --test-threads=2 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 # The tests whose broker is `support::Broker` once more, against Apache
-# Kafka (one KRaft node per test) instead of tansu; the cluster tests run
-# against Apache Kafka in the first pass already.
+# Kafka (one KRaft node per test) instead of tansu; tests/cluster.rs runs
+# three-node Apache Kafka clusters in the first pass already.
 echo "again against Apache Kafka: kafka, stall, forward, accounting"
 BROKER=apache-kafka cargo test --release "${features[@]}" --no-fail-fast \
   --test kafka --test stall --test forward --test accounting -- --test-threads=2 2>&1 | tee -a "$log"

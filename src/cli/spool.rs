@@ -470,7 +470,7 @@ fn replay(
         } else if !said && last.1.elapsed() > Duration::from_secs(5) {
             // Once, so a dead broker is not a minute of silence.
             said = true;
-            let why = sink.take_errors().pop();
+            let why = sink.take_errors().pop().map(|e| e.text);
             eprintln!(
                 "mesos-gelf: waiting for Kafka to acknowledge {} of {sent} records (giving up after 60 s without any){}",
                 sent - acked - failed,
@@ -478,7 +478,7 @@ fn replay(
             );
         } else if last.1.elapsed() > Duration::from_secs(60) {
             for e in sink.take_errors() {
-                last_error = Some(e);
+                last_error = Some(e.text);
             }
             break;
         }

@@ -154,7 +154,9 @@ impl Publisher {
     /// last acknowledgement (one clock read per poll, not per record).
     pub(super) fn after_deliveries(&mut self) {
         if std::mem::take(&mut self.acked_in_poll) {
-            self.stall_since = (self.in_flight_msgs > 0).then(Instant::now);
+            let now = Instant::now();
+            self.health.last_delivery = Some(now);
+            self.stall_since = (self.in_flight_msgs > 0).then_some(now);
             self.held_back = false;
         }
     }
@@ -192,7 +194,7 @@ impl Publisher {
 
     pub(super) fn check_errors(&mut self) {
         for e in self.sink.take_errors() {
-            self.health.client_error(&e);
+            self.health.client_error(&e.text, e.one_broker);
         }
         // Only records of containers whose deliveries do not fail count: a
         // probe for a bad topic may wait on librdkafka for a long time, and

@@ -26,6 +26,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// A broker's failed connection while a delivery succeeded this recently
+/// says nothing about Kafka as a whole.
+const ONE_BROKER_GRACE: Duration = Duration::from_secs(5);
 /// Records in flight this long without any acknowledgement: unreachable.
 pub const STALL_AFTER: Duration = Duration::from_secs(10);
 /// Repeats of one warning (per container or client, per cause) are logged
@@ -199,6 +202,9 @@ pub struct Health {
     /// A client-level problem (not tied to a container), since when.
     pub client_problem: Option<(Cause, Instant)>,
     unhealthy: bool,
+    /// When the last poll brought a successful delivery (set by the
+    /// publisher once per poll: a clock read per record costs).
+    pub last_delivery: Option<Instant>,
 }
 
 impl Health {
@@ -209,6 +215,7 @@ impl Health {
             limiter: Limiter::new(REPEAT_EVERY),
             client_problem: None,
             unhealthy: false,
+            last_delivery: None,
         }
     }
 
@@ -223,13 +230,28 @@ impl Health {
         self.limiter.forget(&format!("{container}\0"));
     }
 
-    /// An error from the client (error callback, start-up check).
-    pub fn client_error(&mut self, text: &str) -> Cause {
+    /// An error from the client (error callback, start-up check);
+    /// `one_broker`: about one broker's connection only.
+    pub fn client_error(&mut self, text: &str, one_broker: bool) -> Cause {
         let cause = Cause::classify(text);
         self.count(cause, text);
         if cause.topic_level(text) {
             // About one topic (librdkafka reports it globally too): the
             // container using it is named by its delivery errors.
+            return cause;
+        }
+        let delivering = self
+            .last_delivery
+            .is_some_and(|t| t.elapsed() < ONE_BROKER_GRACE);
+        if one_broker && cause == Cause::Transport && delivering {
+            // One broker is down while others take the records: named, but
+            // Kafka is unreachable only once no broker is left (librdkafka's
+            // AllBrokersDown) or acknowledgements stall.
+            self.limiter.emit(Level::Warning, "kafka\0broker", || {
+                format!(
+                    "Kafka: cannot reach Kafka broker: {text}; the others are used while it is down"
+                )
+            });
             return cause;
         }
         if !matches!(self.client_problem, Some((c, _)) if c == cause) {

@@ -13,7 +13,7 @@
 //! slot number, and delivery reports (which run on the publisher's own
 //! thread, inside `poll`) collect in a vector behind an uncontended lock.
 
-use super::sink::{Delivery, DeliveryError, SendError, Sink, Ticket};
+use super::sink::{ClientError, Delivery, DeliveryError, SendError, Sink, Ticket};
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use rdkafka::bindings as rdsys;
 use rdkafka::client::ClientContext;
@@ -46,14 +46,23 @@ pub const DEFAULTS: &[(&str, &str)] = &[
 struct Ctx {
     /// (slab slot, result) of each delivery report since the last poll.
     deliveries: Mutex<Vec<(usize, Result<(), DeliveryError>)>>,
-    errors: Sender<String>,
+    errors: Sender<ClientError>,
     /// Set when the broker fenced this producer (see `delivery`).
     fenced: Mutex<Option<String>>,
 }
 
 impl ClientContext for Ctx {
     fn error(&self, error: KafkaError, reason: &str) {
-        let _ = self.errors.send(format!("{error}: {reason}"));
+        // A broker's connection failed (librdkafka says so per broker, and
+        // says AllBrokersDown once none is left).
+        let one_broker = matches!(
+            error,
+            KafkaError::Global(RDKafkaErrorCode::BrokerTransportFailure)
+        );
+        let _ = self.errors.send(ClientError {
+            text: format!("{error}: {reason}"),
+            one_broker,
+        });
     }
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
         // librdkafka's chatter stays out of the agent log, but its errors
@@ -61,7 +70,11 @@ impl ClientContext for Ctx {
         // handshake against a plaintext listener, SASL) appear only here.
         // The publisher classifies them and logs each cause rate-limited.
         if (level as i32) <= (RDKafkaLogLevel::Error as i32) || fac == "FAIL" {
-            let _ = self.errors.send(format!("{fac}: {log_message}"));
+            let _ = self.errors.send(ClientError {
+                text: format!("{fac}: {log_message}"),
+                // A connection to one broker failed (FAIL is per broker).
+                one_broker: fac == "FAIL",
+            });
         }
     }
 }
@@ -183,7 +196,7 @@ pub struct KafkaSink {
     slab: Slab,
     /// The reports `poll` takes from the context (kept to reuse its room).
     reports: Vec<(usize, Result<(), DeliveryError>)>,
-    errors: Receiver<String>,
+    errors: Receiver<ClientError>,
 }
 
 /// The full librdkafka configuration: our defaults, then the operator's.
@@ -379,7 +392,7 @@ impl Sink for KafkaSink {
             })
     }
 
-    fn take_errors(&mut self) -> Vec<String> {
+    fn take_errors(&mut self) -> Vec<ClientError> {
         self.errors.try_iter().collect()
     }
 

@@ -83,9 +83,19 @@ pub trait Sink: Send {
     /// the sink holds and has not yet sent (those sent stay in flight).
     fn take_back_queued(&mut self) {}
     /// Errors the client reported since the last call (connection state).
-    fn take_errors(&mut self) -> Vec<String> {
+    fn take_errors(&mut self) -> Vec<ClientError> {
         Vec::new()
     }
+}
+
+/// An error the client reported outside any delivery.
+#[derive(Debug, Clone)]
+pub struct ClientError {
+    pub text: String,
+    /// About one broker's connection: the others may serve, so it says
+    /// nothing about Kafka as a whole (one broker of three down made
+    /// `kafka_reachable` flap to 0 while every record was delivered).
+    pub one_broker: bool,
 }
 
 /// Writes one GELF object per line to a writer (standard output for `run`).

@@ -139,6 +139,9 @@ pub struct KafkaNode {
     pub controller_port: u16,
     dir: PathBuf,
     libs: PathBuf,
+    /// The log's length when the node was last spawned: where
+    /// [`wait_started`](Self::wait_started) looks.
+    log_from: u64,
 }
 
 impl KafkaNode {
@@ -213,12 +216,14 @@ auto.create.topics.enable=true
             controller_port: cport,
             dir: dir.to_path_buf(),
             libs,
+            log_from: 0,
         }
     }
 
     /// Starts the node's JVM (its log appends to `broker.log`).
     pub fn spawn(&mut self) {
         assert!(self.child.is_none(), "node {} runs already", self.id);
+        self.log_from = std::fs::metadata(self.log_path()).map_or(0, |m| m.len());
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -236,9 +241,8 @@ auto.create.topics.enable=true
     /// Starts the node and waits until its broker serves (a combined node
     /// of a cluster serves only once a quorum of controllers is up).
     pub fn start(&mut self) {
-        let from = std::fs::metadata(self.log_path()).map_or(0, |m| m.len());
         self.spawn();
-        self.wait_started(from);
+        self.wait_started();
     }
 
     fn log_path(&self) -> PathBuf {
@@ -250,13 +254,14 @@ auto.create.topics.enable=true
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
-    /// Waits for "Kafka Server started" after byte `from` of the log.
-    pub fn wait_started(&mut self, from: u64) {
+    /// Waits for "Kafka Server started" in what the node logged since it
+    /// was last spawned.
+    pub fn wait_started(&mut self) {
         let t0 = Instant::now();
         loop {
             let log = self.log();
             if log
-                .get(from as usize..)
+                .get(self.log_from as usize..)
                 .is_some_and(|l| l.contains("Kafka Server started"))
                 && TcpStream::connect(("127.0.0.1", self.port)).is_ok()
             {
@@ -417,7 +422,7 @@ impl KafkaCluster {
             node.spawn();
         }
         for node in &mut nodes {
-            node.wait_started(0);
+            node.wait_started();
         }
         KafkaCluster { nodes, _dir: dir }
     }
