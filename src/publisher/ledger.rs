@@ -167,6 +167,11 @@ struct Track {
     /// Read records that notices have named so far (a notice reported
     /// again names them again: counted off the totals once).
     shipped_named: Ranges,
+    /// Named lost by the publisher itself (a segment dropped ahead of the
+    /// reader) and not yet named by a companion notice: when one names
+    /// them too, they come off the companion's running totals, which the
+    /// publisher's count already holds.
+    dropped: Ranges,
 }
 
 impl Track {
@@ -236,11 +241,14 @@ impl Track {
         self.explained.insert_all(&keep);
         let shipped_new = read.minus(&self.shipped_named).count();
         self.shipped_named.insert_all(&read);
+        let ours = earlier.and(&self.dropped);
+        self.dropped = self.dropped.minus(&ours);
         Checked {
             keep,
             shipped: read,
             earlier,
             shipped_new,
+            named_by_publisher: ours.count(),
         }
     }
 
@@ -259,6 +267,7 @@ impl Track {
             .minus(&self.explained)
             .minus(&self.reported);
         self.explained.insert_all(&keep);
+        self.dropped.insert_all(&keep);
         keep
     }
 
@@ -345,6 +354,9 @@ pub struct Checked {
     /// How many of `shipped` no earlier notice named: what comes off the
     /// companion's running totals, which count each record once.
     pub shipped_new: u64,
+    /// How many of `earlier` the publisher named itself (and counted):
+    /// they come off the companion's running totals too.
+    pub named_by_publisher: u64,
 }
 
 /// See the module doc.

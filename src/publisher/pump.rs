@@ -431,14 +431,16 @@ fn check_notice(c: &mut Container, r: &mut Record) -> bool {
         shipped,
         earlier,
         shipped_new,
+        named_by_publisher,
     } = checked;
-    if shipped_new > 0 && r.seq > c.notices_corrected {
+    let counted = shipped_new + named_by_publisher;
+    if counted > 0 && r.seq > c.notices_corrected {
         // Counted once, however often the notice is read again; the
         // companion's running totals count each record once, however
         // often its notices name it.
         c.notices_corrected = r.seq;
         let i = loss.reason as usize;
-        c.loss_trimmed[i] += shipped_new.min(loss.records);
+        c.loss_trimmed[i] += counted.min(loss.records);
     }
     let changed = !shipped.is_empty() || !earlier.is_empty();
     if c.loss_trimmed.iter().any(|&n| n > 0) || changed {
