@@ -8,3 +8,8 @@ export TANSU_BIN
 cargo bench --bench pipeline
 # Scale: 1,000 containers with real companions on one publisher.
 cargo bench --bench pipeline -- scale1000 1000
+# The end-to-end pairs (bare producer against the whole pipeline) against
+# one Apache Kafka node too, each pair on a fresh broker.
+KAFKA_LIBS=$(scripts/kafka.sh | tail -n 1)
+export KAFKA_LIBS
+BROKER=apache-kafka cargo bench --bench pipeline -- e2e 5

@@ -18,7 +18,7 @@ use mesos_gelf_logger::logger::Logger;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -442,4 +442,262 @@ fn all_three_down_30s_then_back_loses_nothing() {
         "kafka_reachable stayed 1 with every broker down"
     );
     rig.finish("all three down 30 s", &o);
+}
+
+/// A GELF TCP input: every NUL-terminated frame of every connection.
+struct Graylog {
+    port: u16,
+    frames: Arc<Mutex<Vec<Vec<u8>>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Graylog {
+    fn start() -> Graylog {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let port = l.local_addr().unwrap().port();
+        let frames = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (f, s) = (frames.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                let Ok((mut c, _)) = l.accept() else {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                };
+                let (f, s) = (f.clone(), s.clone());
+                std::thread::spawn(move || {
+                    use std::io::Read;
+                    c.set_nonblocking(false).unwrap();
+                    c.set_read_timeout(Some(Duration::from_millis(200)))
+                        .unwrap();
+                    let mut cur = Vec::new();
+                    let mut buf = [0u8; 65536];
+                    while !s.load(Ordering::Relaxed) {
+                        match c.read(&mut buf) {
+                            Ok(0) => return,
+                            Ok(k) => {
+                                for &b in &buf[..k] {
+                                    if b == 0 {
+                                        f.lock().unwrap().push(std::mem::take(&mut cur));
+                                    } else {
+                                        cur.push(b);
+                                    }
+                                }
+                            }
+                            Err(e)
+                                if matches!(
+                                    e.kind(),
+                                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                                ) => {}
+                            Err(_) => return,
+                        }
+                    }
+                });
+            }
+        });
+        Graylog { port, frames, stop }
+    }
+
+    /// (distinct `_seq`s, frames in all).
+    fn received(&self) -> (usize, usize) {
+        let f = self.frames.lock().unwrap();
+        let d: std::collections::HashSet<u64> = f
+            .iter()
+            .filter_map(|m| serde_json::from_slice::<Value>(m).ok()?["_seq"].as_u64())
+            .collect();
+        (d.len(), f.len())
+    }
+
+    fn wait_distinct(&self, n: usize, what: &str) {
+        let t0 = Instant::now();
+        while self.received().0 < n {
+            assert!(
+                t0.elapsed() < Duration::from_secs(240),
+                "{what}: {} of {n} arrived",
+                self.received().0
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Graylog {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// GELF message `_seq` i, keyed over six "containers" (so over every
+/// partition), produced with `acks=all`; returns once all are acknowledged.
+fn produce_range(servers: &str, topic: &str, from: u64, to: u64) {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let p: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", servers)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .unwrap();
+    for i in from..to {
+        let m = format!(
+            r#"{{"version":"1.1","host":"h","short_message":"message {i}","timestamp":1795470000.5,"level":6,"_seq":{i}}}"#
+        );
+        let key = format!("container-{}", i % 6);
+        while p.send(BaseRecord::to(topic).key(&key).payload(&m)).is_err() {
+            p.poll(Duration::from_millis(10));
+        }
+        p.poll(Duration::ZERO);
+    }
+    p.flush(Duration::from_secs(120))
+        .expect("every message acknowledged");
+}
+
+fn create_topic(cluster: &KafkaCluster, topic: &str) {
+    cluster.tool(
+        "org.apache.kafka.tools.TopicCommand",
+        &[
+            "--bootstrap-server",
+            &cluster.bootstrap(),
+            "--create",
+            "--topic",
+            topic,
+            "--partitions",
+            "3",
+            "--replication-factor",
+            "3",
+            "--config",
+            "min.insync.replicas=2",
+        ],
+    );
+}
+
+/// `forward` in group `group` from `topic` to `g`, its stderr in `log`.
+fn spawn_forward(cluster: &KafkaCluster, topic: &str, g: &Graylog, log: &Path) -> Child {
+    Command::new(bin())
+        .args(["forward", "--set"])
+        .arg(format!("kafka.bootstrap.servers={}", cluster.bootstrap()))
+        .args(["--set", "kafka.group.id=cluster-forwarders"])
+        .args(["--set", &format!("topic={topic}")])
+        .args(["--set", "kafka.session.timeout.ms=6000"])
+        .args(["--set", "kafka.auto.offset.reset=earliest"])
+        .args(["--stats-interval-s", "1"])
+        .args(["--to", &format!("tcp://127.0.0.1:{}", g.port)])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+/// The lag each progress line of a forwarder's log gave.
+fn lags(log: &Path) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            Some(
+                l.split_once(", lag ")?
+                    .1
+                    .split_once(", not yet")?
+                    .0
+                    .to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Waits until a forwarder's last progress line gives a lag that is a
+/// number (it holds partitions), and `ok` with it.
+fn wait_lag(log: &Path, what: &str, ok: impl Fn(u64) -> bool) {
+    let t0 = Instant::now();
+    while !lags(log)
+        .last()
+        .and_then(|l| l.parse::<u64>().ok())
+        .is_some_and(&ok)
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "{what}: lag lines {:?}",
+            lags(log)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn two_forwarders_in_a_group_one_killed_the_other_takes_its_partitions() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let cluster = KafkaCluster::start(3);
+    let topic = "fwd-group";
+    create_topic(&cluster, topic);
+    let g = Graylog::start();
+    let d = tempfile::tempdir().unwrap();
+    let (log1, log2) = (d.path().join("f1.log"), d.path().join("f2.log"));
+    let mut f1 = spawn_forward(&cluster, topic, &g, &log1);
+    let mut f2 = spawn_forward(&cluster, topic, &g, &log2);
+    // Both hold partitions, and both forward.
+    wait_lag(&log1, "first forwarder", |_| true);
+    wait_lag(&log2, "second forwarder", |_| true);
+    produce_range(&cluster.bootstrap(), topic, 0, 10_000);
+    g.wait_distinct(10_000, "before the kill");
+    unsafe { libc::kill(f1.id() as i32, libc::SIGKILL) };
+    f1.wait().unwrap();
+    // What comes now is on every partition: the killed one's too, which
+    // only the other can take over.
+    let n = 30_000u64;
+    produce_range(&cluster.bootstrap(), topic, 10_000, n);
+    g.wait_distinct(n as usize, "after the kill");
+    wait_lag(&log2, "the survivor, at the end", |l| l == 0);
+    unsafe { libc::kill(f2.id() as i32, libc::SIGTERM) };
+    assert!(wait_child(&mut f2, Duration::from_secs(60)).is_some());
+    let (distinct, all) = g.received();
+    let mut said = lags(&log2);
+    said.dedup();
+    eprintln!(
+        "forwarders in a group, one SIGKILLed: {distinct} of {n} arrived, {} duplicates; the survivor's lag, as it changed: {said:?}",
+        all - distinct
+    );
+    assert_eq!(distinct, n as usize);
+}
+
+#[test]
+fn forwarders_in_a_group_through_a_rolling_restart_lose_nothing() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let mut cluster = KafkaCluster::start(3);
+    let topic = "fwd-rolling";
+    create_topic(&cluster, topic);
+    let g = Graylog::start();
+    let d = tempfile::tempdir().unwrap();
+    let mut f1 = spawn_forward(&cluster, topic, &g, &d.path().join("f1.log"));
+    let mut f2 = spawn_forward(&cluster, topic, &g, &d.path().join("f2.log"));
+    // Messages produced before, during and after the restart.
+    let servers = cluster.bootstrap();
+    let producing = {
+        let servers = servers.clone();
+        std::thread::spawn(move || {
+            for k in 0..40u64 {
+                produce_range(&servers, topic, k * 1_000, (k + 1) * 1_000);
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        })
+    };
+    g.wait_distinct(2_000, "before the restart");
+    for i in 0..cluster.nodes.len() {
+        cluster.nodes[i].stop();
+        std::thread::sleep(Duration::from_secs(5));
+        cluster.nodes[i].start();
+        wait_in_sync(&cluster);
+    }
+    producing.join().unwrap();
+    let n = 40_000;
+    g.wait_distinct(n, "after the restart");
+    for f in [&mut f1, &mut f2] {
+        unsafe { libc::kill(f.id() as i32, libc::SIGTERM) };
+        assert!(wait_child(f, Duration::from_secs(60)).is_some());
+    }
+    let (distinct, all) = g.received();
+    eprintln!(
+        "forwarders in a group through a rolling restart: {distinct} of {n} arrived, {} duplicates",
+        all - distinct
+    );
+    assert_eq!(distinct, n);
 }
