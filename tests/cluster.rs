@@ -33,19 +33,6 @@ const CONTAINERS: usize = 4;
 /// Lines per second per container.
 const RATE: u64 = 250;
 
-/// CPU seconds (user and system) process `pid` has used.
-fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let f: Vec<&str> = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .collect();
-    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
-    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
-}
-
 /// A writer thread per container: numbered lines at [`RATE`], until told
 /// to stop; it keeps the slowest write it saw.
 struct Writer {
@@ -354,18 +341,22 @@ fn wait_in_sync(cluster: &KafkaCluster) {
     }
 }
 
+/// Restarts every node in turn, each down 5 s (`down` takes it down:
+/// SIGTERM or SIGKILL), the next once no partition is under-replicated.
+fn rolling_restart(c: &mut KafkaCluster, down: fn(&mut KafkaNode)) {
+    for i in 0..c.nodes.len() {
+        down(&mut c.nodes[i]);
+        std::thread::sleep(Duration::from_secs(5));
+        c.nodes[i].start();
+        wait_in_sync(c);
+    }
+}
+
 #[test]
 fn a_rolling_restart_by_sigterm_loses_nothing() {
     let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
     let mut rig = Rig::start();
-    let o = rig.outage(|c| {
-        for i in 0..c.nodes.len() {
-            c.nodes[i].stop();
-            std::thread::sleep(Duration::from_secs(5));
-            c.nodes[i].start();
-            wait_in_sync(c);
-        }
-    });
+    let o = rig.outage(|c| rolling_restart(c, KafkaNode::stop));
     rig.finish("rolling restart, SIGTERM", &o);
 }
 
@@ -373,14 +364,7 @@ fn a_rolling_restart_by_sigterm_loses_nothing() {
 fn a_rolling_restart_by_sigkill_loses_nothing() {
     let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
     let mut rig = Rig::start();
-    let o = rig.outage(|c| {
-        for i in 0..c.nodes.len() {
-            c.nodes[i].kill();
-            std::thread::sleep(Duration::from_secs(5));
-            c.nodes[i].start();
-            wait_in_sync(c);
-        }
-    });
+    let o = rig.outage(|c| rolling_restart(c, KafkaNode::kill));
     rig.finish("rolling restart, SIGKILL", &o);
 }
 
@@ -681,12 +665,7 @@ fn forwarders_in_a_group_through_a_rolling_restart_lose_nothing() {
         })
     };
     g.wait_distinct(2_000, "before the restart");
-    for i in 0..cluster.nodes.len() {
-        cluster.nodes[i].stop();
-        std::thread::sleep(Duration::from_secs(5));
-        cluster.nodes[i].start();
-        wait_in_sync(&cluster);
-    }
+    rolling_restart(&mut cluster, KafkaNode::stop);
     producing.join().unwrap();
     let n = 40_000;
     g.wait_distinct(n, "after the restart");

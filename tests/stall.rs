@@ -1096,19 +1096,6 @@ fn tls_right_ca_delivers_wrong_ca_or_host_is_named_and_kept_for_later() {
     );
 }
 
-/// CPU seconds (user and system) process `pid` has used.
-fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let f: Vec<&str> = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .collect();
-    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
-    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
-}
-
 /// A broker that pauses again and again (long GC pauses, a network that
 /// drops for seconds): acknowledgements stop while records are in flight
 /// and more are queued behind them, and librdkafka's broker thread spun a
