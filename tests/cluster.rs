@@ -352,20 +352,22 @@ fn rolling_restart(c: &mut KafkaCluster, down: fn(&mut KafkaNode)) {
     }
 }
 
-#[test]
-fn a_rolling_restart_by_sigterm_loses_nothing() {
+/// Containers write through a rolling restart of every node.
+fn through_a_rolling_restart(name: &str, down: fn(&mut KafkaNode)) {
     let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
     let mut rig = Rig::start();
-    let o = rig.outage(|c| rolling_restart(c, KafkaNode::stop));
-    rig.finish("rolling restart, SIGTERM", &o);
+    let o = rig.outage(|c| rolling_restart(c, down));
+    rig.finish(name, &o);
+}
+
+#[test]
+fn a_rolling_restart_by_sigterm_loses_nothing() {
+    through_a_rolling_restart("rolling restart, SIGTERM", KafkaNode::stop);
 }
 
 #[test]
 fn a_rolling_restart_by_sigkill_loses_nothing() {
-    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
-    let mut rig = Rig::start();
-    let o = rig.outage(|c| rolling_restart(c, KafkaNode::kill));
-    rig.finish("rolling restart, SIGKILL", &o);
+    through_a_rolling_restart("rolling restart, SIGKILL", KafkaNode::kill);
 }
 
 #[test]
