@@ -423,6 +423,52 @@ fn bad_kafka_settings_give_a_clear_error_at_start() {
         err.contains("invalid Kafka configuration") && err.contains("no.such.property"),
         "{err}"
     );
+    // acks=0 makes every record count as delivered, taken or not: refused.
+    // acks=1 and no idempotence weaken delivery: said at start.
+    let out = run(
+        &[
+            "--sandbox",
+            d.path().to_str().unwrap(),
+            "--set",
+            "kafka.bootstrap.servers=127.0.0.1:9",
+            "--set",
+            "kafka.acks=0",
+            "--set",
+            "kafka.enable.idempotence=false",
+        ],
+        &["echo", "hi"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("kafka.acks=0 is refused"), "{err}");
+    let mut weak = Command::new(bin())
+        .args(["run", "--sandbox"])
+        .arg(d.path())
+        .args([
+            "--set",
+            "kafka.bootstrap.servers=127.0.0.1:9",
+            "--set",
+            "kafka.acks=1",
+            "--set",
+            "kafka.enable.idempotence=false",
+            "--",
+            "true",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut said = String::new();
+    let mut err = BufReader::new(weak.stderr.take().unwrap());
+    for _ in 0..2 {
+        err.read_line(&mut said).unwrap();
+    }
+    assert!(
+        said.contains("kafka.acks=1:") && said.contains("kafka.enable.idempotence=false:"),
+        "{said}"
+    );
+    let _ = weak.kill();
+    let _ = weak.wait();
 
     // Nothing listens there: a clear error within seconds, and the run keeps
     // the lines in its spool waiting (it does not exit or lose them).

@@ -217,11 +217,25 @@ pub fn client_config(props: &BTreeMap<String, String>) -> ClientConfig {
 
 /// Checks the `kafka.*` parameters by building a producer from them (no
 /// network I/O): an unknown or invalid property is named in the error.
+/// `acks=0` is refused: the broker then acknowledges nothing, and every
+/// record would leave the spool as delivered whether the broker took it
+/// or not. Settings that weaken delivery otherwise are warned about.
 pub fn validate(props: &BTreeMap<String, String>) -> Result<(), String> {
+    let is = |k: &str, v: &str| props.get(k).is_some_and(|x| x.trim() == v);
+    if is("acks", "0") {
+        return Err("kafka.acks=0 is refused: Kafka then acknowledges nothing, so records would leave the spool as delivered even when no broker took them (at least once needs acks=all, the default)".into());
+    }
     client_config(props)
         .create::<BaseProducer>()
         .map(|_| ())
-        .map_err(|e| format!("invalid Kafka configuration (kafka.* parameters): {e}"))
+        .map_err(|e| format!("invalid Kafka configuration (kafka.* parameters): {e}"))?;
+    if is("acks", "1") {
+        crate::log::warn("kafka.acks=1: a partition leader that fails after acknowledging a record and before its followers copied it loses that record, and nothing tells mesos-gelf (at least once needs acks=all, the default)");
+    }
+    if is("enable.idempotence", "false") {
+        crate::log::warn("kafka.enable.idempotence=false: records sent again after an error may reach Kafka twice or out of order");
+    }
+    Ok(())
 }
 
 impl KafkaSink {
