@@ -79,7 +79,8 @@ impl Writer {
 /// The cluster, the containers writing, and their publisher.
 struct Rig {
     cluster: KafkaCluster,
-    logger: Logger,
+    /// Kept while the containers it prepared write.
+    _logger: Logger,
     spool: PathBuf,
     writers: Vec<(String, Writer)>,
     publish: Child,
@@ -145,7 +146,7 @@ impl Rig {
             .unwrap();
         let mut rig = Rig {
             cluster,
-            logger,
+            _logger: logger,
             spool,
             writers,
             publish,
@@ -311,8 +312,16 @@ impl Rig {
             "{name}: a write to a companion took {worst:?}"
         );
         assert!(ended.is_some(), "{name}: publish ignored SIGTERM");
-        drop(self.logger);
         dups
+    }
+}
+
+impl Drop for Rig {
+    /// A test that fails leaves no publisher behind (nor writers: their
+    /// threads end with the test process).
+    fn drop(&mut self) {
+        let _ = self.publish.kill();
+        let _ = self.publish.wait();
     }
 }
 
