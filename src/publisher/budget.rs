@@ -17,7 +17,7 @@
 
 use super::*;
 use crate::spool::notice::{Loss, LossReason};
-use crate::spool::reader::SegmentSummary;
+use crate::spool::reader::{summarize_file, SegmentSummary};
 use crate::spool::writer::fs_space;
 
 /// How often sizes and free space are checked ...
@@ -48,8 +48,8 @@ impl Publisher {
             if std::mem::take(&mut c.size_dirty) {
                 c.spool_bytes = spool_bytes(c.reader.dir());
             }
-            c.pinned = c.reader.kept_unlinked();
         }
+        // Also refreshes what each reader holds open (`pinned`).
         let keys: Vec<String> = self.containers.keys().cloned().collect();
         for k in keys {
             self.release_unlinked_ahead(&k);
@@ -116,28 +116,16 @@ impl Publisher {
     fn drop_segment(&mut self, key: &str, seg: u64, total: u64, avail: u64) -> u64 {
         let c = self.containers.get_mut(key).expect("container");
         let path = segment_path(c.reader.dir(), seg);
-        let pinned = c.pinned.iter().find(|p| p.0 == seg).map(|p| p.1);
-        let (summary, size) = match pinned {
-            // Unlinked already, read once and taken back since: only the
-            // reader's descriptor holds it (and its space).
-            Some(size) => {
-                c.pinned.retain(|p| p.0 != seg);
-                (c.reader.release(seg).unwrap_or_default(), size)
-            }
-            None => {
-                let summary = crate::spool::reader::summarize_segment(&path);
-                let size = std::fs::symlink_metadata(&path)
-                    .map(|m| m.len())
-                    .unwrap_or(0);
-                if std::fs::remove_file(&path).is_err() {
-                    c.size_dirty = true;
-                    return size;
-                }
-                c.reader.release(seg);
-                c.spool_bytes = c.spool_bytes.saturating_sub(size);
-                (summary, size)
-            }
-        };
+        let summary = crate::spool::reader::summarize_segment(&path);
+        let size = std::fs::symlink_metadata(&path)
+            .map(|m| m.len())
+            .unwrap_or(0);
+        if std::fs::remove_file(&path).is_err() {
+            c.size_dirty = true;
+            return size;
+        }
+        c.reader.release(seg);
+        c.spool_bytes = c.spool_bytes.saturating_sub(size);
         let records = self.name_dropped(key, summary);
         if records == 0 {
             // Nothing of it was lost (an empty segment): nothing to say.
@@ -168,23 +156,27 @@ impl Publisher {
     /// the reader's descriptor was all that kept their records, and their
     /// space taken. Kept until the budget needed it, a 2 MB filesystem
     /// stayed full of them, and the companion lost every newer line it
-    /// could not write. What they held is named lost (`budget`).
+    /// could not write. What they held is named lost (`budget`). Those it
+    /// keeps (records in flight from them) stay in `pinned`.
     pub(super) fn release_unlinked_ahead(&mut self, key: &str) {
         let Some(c) = self.containers.get_mut(key) else {
             return;
         };
         let reading = c.reader.position().segment.max(c.acked.segment);
-        let ahead: Vec<(u64, u64)> = c
+        let (ahead, kept): (Vec<_>, Vec<_>) = c
             .reader
             .kept_unlinked()
             .into_iter()
-            .filter(|p| p.0 > reading)
-            .collect();
+            .partition(|p| p.0 > reading);
+        c.pinned = kept;
         let (mut records, mut bytes) = (0, 0);
         for (seg, size) in ahead {
             let c = self.containers.get_mut(key).expect("container");
-            c.pinned.retain(|p| p.0 != seg);
-            let summary = c.reader.release(seg).unwrap_or_default();
+            let summary = c
+                .reader
+                .release(seg)
+                .map(|f| summarize_file(&f))
+                .unwrap_or_default();
             records += self.name_dropped(key, summary);
             bytes += size;
         }
@@ -306,19 +298,16 @@ fn held(c: &Container) -> u64 {
 
 /// The oldest segment of `c` the budget may drop: after the one being read
 /// (nothing in flight comes from it), and not the one its live companion
-/// is writing. A segment the reader holds open after it was unlinked
-/// counts too: its space is only freed by letting it go.
+/// is writing. (Segments the reader holds open after they were unlinked
+/// are let go by `release_unlinked_ahead` when they are ahead of it.)
 fn droppable(c: &Container) -> Option<u64> {
     let dir = c.reader.dir();
     let segs = list_segments(dir).ok()?;
     let reading = c.reader.position().segment.max(c.acked.segment);
     let live = !dir.join(crate::spool::DONE_FILE).exists();
-    let newest = segs.last().copied();
-    let listed = segs
-        .into_iter()
-        .find(|&s| s > reading && !(live && Some(s) == newest));
-    let pinned = c.pinned.iter().map(|p| p.0).filter(|&s| s > reading).min();
-    listed.into_iter().chain(pinned).min()
+    let newest = *segs.last()?;
+    segs.into_iter()
+        .find(|&s| s > reading && !(live && s == newest))
 }
 
 #[cfg(test)]

@@ -152,11 +152,10 @@ impl SpoolReader {
     }
 
     /// Forgets the descriptor of `segment` (dropped by the budget), and
-    /// says what it held.
-    pub fn release(&mut self, segment: u64) -> Option<SegmentSummary> {
+    /// hands it over (to summarize what it held).
+    pub fn release(&mut self, segment: u64) -> Option<File> {
         let i = self.kept.iter().position(|(s, _)| *s == segment)?;
-        let (_, f) = self.kept.remove(i);
-        Some(summarize_file(&f))
+        Some(self.kept.remove(i).1)
     }
 
     /// Forgets the descriptors of segments before `segment`: every record
@@ -439,7 +438,7 @@ pub fn summarize_segment(path: &Path) -> SegmentSummary {
 
 /// As [`summarize_segment`], through a descriptor (from its start,
 /// wherever the descriptor was left).
-fn summarize_file(f: &File) -> SegmentSummary {
+pub fn summarize_file(f: &File) -> SegmentSummary {
     use super::record::Stream;
     use std::os::unix::fs::FileExt;
     let mut out = SegmentSummary::default();
